@@ -1,0 +1,75 @@
+"""The `datatool` command line: each command parses its options, calls one library function and prints a summary."""
+
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from datatool import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="datatool")
+def main() -> None:
+    """Prepare person-segmentation data: ingest datasets into canonical sets, build demo data."""
+
+
+def print_reasons(title: str, entries: list[dict], limit: int = 8) -> None:
+    """One line per reason with its count, then a few example files."""
+    if not entries:
+        return
+    reasons = Counter(entry["reason"].split(":")[0] for entry in entries)
+    click.echo(f"  {title}: {len(entries)}")
+    for reason, count in reasons.most_common(limit):
+        example = next(entry["file"] for entry in entries if entry["reason"].startswith(reason))
+        click.echo(f"    {count:>6}  {reason}  (e.g. {example})")
+
+
+@main.command()
+@click.argument("source_format", metavar="SOURCE", type=click.Choice(["aisegment", "kaggle-people", "pfcn", "supervisely", "folder"]))
+@click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path), help="The dataset as downloaded and unpacked.")
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path), help="Canonical set to write (created).")
+@click.option("--name", default=None, help="Set name: prefix of groups, part of ids [default: SOURCE, or the input folder's name for 'folder'].")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Worker processes; 0 = all cores.")
+@click.option("--max-side", default=0, show_default=True, type=click.IntRange(min=0), help="Downscale so the longer side is at most PX; 0 keeps the size.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
+@click.option("--images-dir", type=click.Path(path_type=Path), help="folder: the images folder (relative to --input).")
+@click.option("--masks-dir", type=click.Path(path_type=Path), help="folder: the masks folder (relative to --input).")
+@click.option("--neutral", type=click.Choice(["background", "person", "skip"]), default=None, help="supervisely: how 'neutral' objects count [default: background].")
+def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict, images_dir, masks_dir, neutral) -> None:
+    """Ingest a downloaded dataset (SOURCE layout) into a validated canonical set."""
+    from datatool.ingest import ingest as run_ingest
+    from datatool.sources import LayoutError, create_source
+
+    options = {}
+    if images_dir or masks_dir:
+        if source_format != "folder":
+            raise click.UsageError("--images-dir/--masks-dir apply to the 'folder' source only")
+        options.update(images_dir=images_dir, masks_dir=masks_dir)
+    if neutral is not None:
+        if source_format != "supervisely":
+            raise click.UsageError("--neutral applies to the 'supervisely' source only")
+        options["neutral"] = neutral
+    try:
+        source = create_source(source_format, input_dir, **options)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    name = name or (source.root.name if source_format == "folder" else source_format)
+    try:
+        result = run_ingest(source, output_dir, name=name, workers=workers, max_side=max_side)
+    except LayoutError as error:
+        raise click.ClickException(str(error)) from error
+
+    report = result.report
+    click.echo(
+        f"{name}: {result.ingested} samples ingested ({result.reused} reused from the previous run) "
+        f"from {result.records} candidates in {report['seconds']:.1f} s"
+    )
+    print_reasons("skipped", report["skipped"])
+    print_reasons("repaired", report["repaired"])
+    print_reasons("ignored", report["ignored"])
+    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
+    if result.ingested == 0:
+        raise click.ClickException(f"no sample could be ingested from {input_dir}; the reasons are in {output_dir / 'report.json'}")
+    if strict and result.skipped:
+        raise click.ClickException(f"--strict: {result.skipped} inputs were skipped (see {output_dir / 'report.json'})")
