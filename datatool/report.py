@@ -65,5 +65,8 @@ class Report:
             "ignored": self.ignored,
         }
 
-    def write(self, path: Path, **header: Any) -> None:
-        path.write_text(json.dumps(self.to_dict(**header), indent=2) + "\n")
+    def write(self, path: Path, **header: Any) -> dict[str, Any]:
+        """Write `report.json` and return what was written."""
+        summary = self.to_dict(**header)
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

@@ -75,7 +75,9 @@ class Source(ABC):
             raise LayoutError(f"input directory {self.root} does not exist. Expected {self.name} layout:\n{self.layout}")
         if not self.root.is_dir():
             raise LayoutError(f"input {self.root} is not a directory. Expected {self.name} layout:\n{self.layout}")
-        if not any(not is_junk(entry.name) for entry in os.scandir(self.root)):
+        with os.scandir(self.root) as entries:
+            empty = all(is_junk(entry.name) for entry in entries)
+        if empty:
             raise LayoutError(f"input directory {self.root} is empty. Expected {self.name} layout:\n{self.layout}")
 
     def layout_error(self, problem: str) -> LayoutError:
@@ -93,7 +95,8 @@ def walk_files(directory: Path, report: Report, suffixes: frozenset[str] | None 
     Files with a suffix outside `suffixes` are reported as ignored too: nothing a user put in
     the folder disappears without a line in the report.
     """
-    entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    with os.scandir(directory) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
     for entry in entries:
         path = Path(entry.path)
         if is_junk(entry.name):
