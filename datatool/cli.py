@@ -73,3 +73,55 @@ def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict
         raise click.ClickException(f"no sample could be ingested from {input_dir}; the reasons are in {output_dir / 'report.json'}")
     if strict and result.skipped:
         raise click.ClickException(f"--strict: {result.skipped} inputs were skipped (see {output_dir / 'report.json'})")
+
+
+@main.group()
+def fetch() -> None:
+    """Download the images that a dataset release lists only by URL."""
+
+
+@fetch.command("pfcn")
+@click.option("--release", "release_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="The unpacked PFCN release (alldata_urls.txt, crop.txt, images_mask/).")
+@click.option("--output", "output_dir", default=None, type=click.Path(path_type=Path, file_okay=False), help="Where images_data_crop/ and fetch-report.json go [default: the release folder].")
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1), help="Parallel downloads.")
+@click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), help="Extra attempts after a transient failure (timeout, HTTP 5xx/429).")
+@click.option("--timeout", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds per request.")
+def fetch_pfcn(release_dir, output_dir, workers, retries, timeout) -> None:
+    """Download, crop and resize the PFCN images into images_data_crop/ (a re-run resumes)."""
+    from datatool.fetch_pfcn import FetchError
+    from datatool.fetch_pfcn import fetch_pfcn as run_fetch
+
+    try:
+        result = run_fetch(release_dir, output_dir, workers=workers, retries=retries, timeout=timeout)
+    except FetchError as error:
+        raise click.ClickException(str(error)) from error
+    counts = result.report["counts"]
+    click.echo(
+        f"pfcn: {result.fetched} images fetched, {result.existing} already there, {result.failed} failed "
+        f"of {result.listed} listed in {result.report['seconds']:.1f} s"
+    )
+    for name in ("dead_link", "no_crop", "crop_out_of_bounds", "undecodable", "malformed_lines"):
+        if counts[name]:
+            click.echo(f"  {name.replace('_', ' ')}: {counts[name]}")
+    click.echo(f"  images: {result.output / 'images_data_crop'}\n  report: {result.report_path}")
+    if result.fetched + result.existing == 0:
+        raise click.ClickException(f"no image could be fetched; the reasons are in {result.report_path}")
+
+
+@main.command()
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path), help="Folder to (re)create with the demo sources.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the photo variants; the same seed writes the same bytes.")
+@click.option("--samples-per-source", default=6, show_default=True, type=click.IntRange(min=1), help="Samples written in each source layout.")
+def demo(output_dir, seed, samples_per_source) -> None:
+    """Write tiny demo sources in every dataset layout, made offline from public-domain photos."""
+    from datatool.demo import DemoError, build_demo
+
+    try:
+        result = build_demo(output_dir, seed=seed, samples_per_source=samples_per_source)
+    except DemoError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"demo: {len(result.samples)} samples, {len(result.backgrounds)} backgrounds in {result.seconds:.1f} s (masks are demo-grade: see README.md)")
+    for source, folder in result.inputs().items():
+        quirks = "; ".join(quirk.what for quirk in result.quirks if quirk.layout == source)
+        click.echo(f"  {source:<13} {len(result.samples_of(source))} samples  {folder}  (quirk: {quirks})")
+    click.echo(f"  backgrounds   {output_dir / 'backgrounds'}")
