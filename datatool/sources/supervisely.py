@@ -38,6 +38,7 @@ ANNOTATION_SUFFIX = ".json"
 PERSON_CLASSES = frozenset({"person_poly", "person_bmp"})
 NEUTRAL_CLASS = "neutral"
 NEUTRAL_POLICIES = ("background", "person", "skip")
+MAX_MASK_PIXELS = 200_000_000  # 14000x14000; the largest Supervisely Person photos are ~6000x4000
 DRAWN_GEOMETRIES = ("bitmap", "polygon")
 GEOMETRY_KEYS = {"bitmap": "bitmap", "polygon": "points"}  # geometryType -> the key holding its data
 PERSON = 255
@@ -281,6 +282,9 @@ def annotation_size(annotation: dict[str, Any]) -> tuple[int, int]:
     height, width = size.get("height"), size.get("width")
     if not (is_positive_int(height) and is_positive_int(width)):
         raise MaskError(f"annotation has an invalid size: height {height!r}, width {width!r}")
+    if height * width > MAX_MASK_PIXELS:
+        # A corrupt size would otherwise allocate gigabytes in a worker before any check fails.
+        raise MaskError(f"annotation size {width}x{height} is implausibly large (over {MAX_MASK_PIXELS:,} pixels)")
     return height, width
 
 

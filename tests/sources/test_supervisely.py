@@ -351,6 +351,7 @@ def test_image_without_objects_gives_an_empty_mask(tmp_path):
         ('{"size": {"height": 30, "width": 40}, "objects": [', "malformed annotation JSON"),
         (json.dumps({"objects": []}), "annotation has no 'size'"),
         (json.dumps({"size": {"height": 0, "width": 40}, "objects": []}), "invalid size"),
+        (json.dumps({"size": {"height": 10**6, "width": 10**6}, "objects": []}), "implausibly large"),
         (json.dumps(annotation([{"classTitle": "person_bmp", "bitmap": {"origin": [0, 0], "data": "not base64!"}}])), "bad base64"),
         (
             json.dumps(annotation([{"classTitle": "person_bmp", "bitmap": {"origin": [0, 0], "data": "aGVsbG8="}}])),
@@ -364,7 +365,7 @@ def test_image_without_objects_gives_an_empty_mask(tmp_path):
         (json.dumps(annotation([{"classTitle": "person_poly"}])), "neither 'bitmap' nor 'points'"),
         (json.dumps(annotation([polygon_object([[1, 2, 3]])])), "malformed polygon"),
     ],
-    ids=["truncated-json", "no-size", "zero-size", "bad-base64", "not-zlib", "truncated-png", "no-origin", "no-geometry", "bad-ring"],
+    ids=["truncated-json", "no-size", "zero-size", "huge-size", "bad-base64", "not-zlib", "truncated-png", "no-origin", "no-geometry", "bad-ring"],
 )
 def test_malformed_annotation_raises_mask_error(tmp_path, content, reason):
     project = Project(tmp_path / "project")
