@@ -122,9 +122,13 @@ class PfcnSource(Source):
                 report.counts["missing_split_list"] += 1
                 continue
             for sample_id in self.read_split_list(path, variable):
-                if splits.get(sample_id, split) != split:
-                    raise self.layout_error(f"id {sample_id} is in both trainlist.mat and testlist.mat")
-                splits[sample_id] = split
+                previous = splits.setdefault(sample_id, split)
+                if previous != split:
+                    # As for Kaggle's lists: the training side wins, so the official test split
+                    # never holds an image that the official training split trains on.
+                    splits[sample_id] = "train"
+                    report.repair(path, f"id in both trainlist.mat and testlist.mat: {sample_id} (official_split set to train)")
+                    report.counts["split_conflict"] += 1
         return splits
 
     def read_split_list(self, path: Path, variable: str) -> list[str]:

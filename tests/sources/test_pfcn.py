@@ -190,7 +190,6 @@ def test_split_lists_may_be_stored_as_double_and_one_may_be_missing(release):
         ("trainlist.mat", {"ids": np.array([[1]], np.uint16)}, "trainlist.mat has no variable 'trainlist'"),
         ("testlist.mat", {"testlist": np.array([[0, 3]], np.uint16)}, "does not hold positive integer ids"),
         ("testlist.mat", {"testlist": np.array([[2.5]])}, "does not hold positive integer ids"),
-        ("testlist.mat", {"testlist": np.array([[2, 602]], np.uint16)}, "id 00002 is in both"),
     ],
 )
 def test_broken_split_lists_are_layout_errors(release, file, variables, problem):
@@ -198,6 +197,15 @@ def test_broken_split_lists_are_layout_errors(release, file, variables, problem)
     write_mat(root / file, **variables)
     with pytest.raises(LayoutError, match=problem):
         scan(root)
+
+
+def test_an_id_in_both_split_lists_goes_to_train_and_is_reported(release):
+    root, _ = release
+    write_mat(root / "testlist.mat", testlist=np.array([[2, 602]], np.uint16))
+    records, report = scan(root)
+    assert {record.group: record.official_split for record in records}["00002"] == "train"
+    conflict = {"file": "testlist.mat", "reason": "id in both trainlist.mat and testlist.mat: 00002 (official_split set to train)"}
+    assert conflict in report.repaired
 
 
 def test_unreadable_split_list_is_a_layout_error(release):
