@@ -1,12 +1,10 @@
 """The ingest engine: EXIF, corrupt inputs, re-use without decoding, stale files, max side, workers, CLI."""
 
-import io
 import json
 import os
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
