@@ -93,7 +93,10 @@ def ingest(
 
     encodings: Counter[str] = Counter()
     kept_ids: set[str] = set()
-    state_lines: list[str] = [json.dumps({"signature": signature})]
+    state_path = output / STATE
+    new_state = state_path.with_suffix(".tmp")
+    state = new_state.open("w")  # streamed, like the manifest; replaces the old state at the end
+    state.write(json.dumps({"signature": signature}) + "\n")
 
     def manifest_rows() -> Iterator[dict[str, Any]]:
         outcomes = process_records(source, records, name, output, options, previous, workers)
@@ -104,7 +107,7 @@ def ingest(
             for note in outcome.notes:
                 report.repair(record.image, note, id=outcome.sample_id, mask=report.relative(record.mask))
             if outcome.inputs is not None:
-                state_lines.append(json.dumps(asdict(outcome)))
+                state.write(json.dumps(asdict(outcome)) + "\n")
             if outcome.skip is not None:
                 report.skip(outcome.skip["file"], outcome.skip["reason"])
                 continue
@@ -112,8 +115,9 @@ def ingest(
             encodings[outcome.row["mask_encoding"]] += 1
             yield outcome.row
 
-    ingested = write_manifest(output, manifest_rows())
-    (output / STATE).write_text("\n".join(state_lines) + "\n")
+    with state:
+        ingested = write_manifest(output, manifest_rows())
+    os.replace(new_state, state_path)
     report.counts["ingested"] = ingested
     report.counts["removed_stale_files"] = remove_stale_files(output, kept_ids)
     header = {
