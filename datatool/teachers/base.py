@@ -1,0 +1,36 @@
+"""The interface every teacher implements: a batch of RGB images in, person probabilities out.
+
+A teacher is a real segmentation model used to label photos that have no mask. Each one
+owns its pre-processing (resize, layout, value range) and post-processing (sigmoid, softmax,
+argmax -> person class) so that callers see one contract:
+
+    probabilities = teacher.predict([rgb_image, ...])   # each (H, W, 3) uint8 RGB
+    # -> [(H, W) float32 in [0, 1], ...] at each input image's own size, 1 = person
+
+Teachers are built by name with `create_teacher` (see `datatool.teachers`); model files come
+from `datatool.models`, never from a download inside a teacher.
+"""
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+
+class TeacherError(RuntimeError):
+    """A teacher that cannot be built or run (missing model file, bad spec); says what to do."""
+
+
+class Teacher(ABC):
+    """A person-segmentation model behind the common contract."""
+
+    name: ClassVar[str]  # registry name, e.g. "mediapipe-selfie"
+
+    @property
+    def label(self) -> str:
+        """What goes into the manifest's `teacher` field (name plus variant, e.g. the model file)."""
+        return self.name
+
+    @abstractmethod
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Person probability maps, (H, W) float32 in [0, 1], one per (H, W, 3) uint8 RGB image."""

@@ -1,0 +1,66 @@
+"""MediaPipe selfie segmenter (general model, `selfie_segmentation.tflite`) run with LiteRT.
+
+Pre- and post-processing follow MediaPipe's own graph for this model,
+mediapipe/modules/selfie_segmentation/selfie_segmentation_cpu.pbtxt (google-ai-edge/mediapipe):
+- ImageToTensorCalculator: `output_tensor_width: 256`, `output_tensor_height: 256`,
+  `keep_aspect_ratio: false` (the photo is stretched, not letterboxed) and
+  `output_tensor_float_range { min: 0.0 max: 1.0 }` (RGB / 255);
+- TensorsToSegmentationCalculator: `activation: NONE`, because the model already ends in a
+  sigmoid: its last op is LOGISTIC (output tensor `activation_10`), and on people-dev photos
+  the output spans exactly [0, 1]. So the output is the person probability, used as is; the
+  calculator then resizes it to the input size, as `resize_probability` does.
+The model file itself declares input `input_1` float32 [1, 256, 256, 3] (NHWC) and output
+float32 [1, 256, 256, 1]; both are checked when the teacher is built.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from datatool.teachers import TeacherOptions, register
+from datatool.teachers.base import Teacher, TeacherError
+from datatool.teachers.resizing import resize_probability, stretch
+
+MODEL_NAME = "mediapipe-selfie"  # the datatool.models registry entry
+INPUT_SHAPE = (1, 256, 256, 3)
+
+
+@register
+class MediaPipeSelfieTeacher(Teacher):
+    name = "mediapipe-selfie"
+
+    def __init__(self, model_file: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model_file = Path(model_file)
+        # LiteRT defaults to one thread; this model is small enough that two cores double its speed.
+        self.interpreter = Interpreter(model_path=str(self.model_file), num_threads=len(os.sched_getaffinity(0)))
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        if tuple(self.input["shape"]) != INPUT_SHAPE or self.input["dtype"] != np.float32:
+            raise TeacherError(
+                f"{self.model_file} is not the MediaPipe selfie model: input {tuple(self.input['shape'])} "
+                f"{np.dtype(self.input['dtype']).name}, expected {INPUT_SHAPE} float32"
+            )
+
+    @classmethod
+    def build(cls, argument: str | None, options: TeacherOptions) -> "MediaPipeSelfieTeacher":
+        if argument is not None:
+            raise TeacherError(f"{cls.name} takes no argument (got {cls.name}:{argument})")
+        from datatool.models import model_path
+
+        return cls(model_path(MODEL_NAME, options.models_dir))
+
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.predict_one(image) for image in images]
+
+    def predict_one(self, image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        resized, _ = stretch(image, INPUT_SHAPE[2], INPUT_SHAPE[1])
+        tensor = resized[np.newaxis].astype(np.float32) / 255.0  # (1, 256, 256, 3) in [0, 1]
+        self.interpreter.set_tensor(self.input["index"], tensor)
+        self.interpreter.invoke()
+        probability = self.interpreter.get_tensor(self.output["index"])[0, :, :, 0]  # (256, 256)
+        return resize_probability(probability, height, width)
