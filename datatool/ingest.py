@@ -319,8 +319,9 @@ def encode_image(stem_path: Path, pixels: np.ndarray, source_format: str) -> str
 def image_path(stem_path: Path, source_format: str) -> Path:
     """`<id>.png` for PNG sources, `<id>.jpg` otherwise; drops the other one an older run may have left."""
     suffix, other = (".png", ".jpg") if source_format == "PNG" else (".jpg", ".png")
-    stem_path.with_suffix(other).unlink(missing_ok=True)
-    return stem_path.with_suffix(suffix)
+    # Appended, not `with_suffix`: an id may contain dots ("IMG_2020.01.01-<hash>").
+    stem_path.with_name(stem_path.name + other).unlink(missing_ok=True)
+    return stem_path.with_name(stem_path.name + suffix)
 
 
 def write_mask(path: Path, pixels: np.ndarray) -> None:
