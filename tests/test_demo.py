@@ -75,6 +75,9 @@ def test_every_layout_has_its_samples_quirk_and_the_folder_its_extras(demo):
     assert json.loads((root / "demo.json").read_text())["seed"] == 0
     for photo in BACKGROUNDS:  # copied unchanged from the package
         assert (root / "backgrounds" / photo.file_name).read_bytes() == photo.read_bytes()
+    for photo in PERSON_PHOTOS:  # unlabelled input of the pseudolabel stage, unchanged
+        assert (root / "photos" / photo.file_name).read_bytes() == photo.read_bytes()
+    assert sorted(demo.photos) == sorted(root / "photos" / photo.file_name for photo in PERSON_PHOTOS)
 
 
 def test_aisegment_layout_and_soft_mattes(demo):

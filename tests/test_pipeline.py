@@ -38,7 +38,28 @@ def dvc(clone: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([Path(sys.executable).parent / "dvc", *args], cwd=clone, env=env, capture_output=True, text=True)
 
 
+def provide_teacher_models(clone: Path) -> bool:
+    """Put the user's cached teacher models where the `models` stage keeps them, so that it finds
+    verified files and downloads nothing in a test (its output persists, so DVC leaves them there).
+    Without them, the `models` and `pseudolabel` stages are switched off in the clone's params,
+    as a user without the teacher does; returns whether the teacher runs."""
+    from datatool.models import ModelMissingError, model_path
+
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    try:
+        cached = {name: model_path(name) for name in params["models"]["fetch"]}
+    except ModelMissingError:
+        params["models"]["fetch"], params["pseudolabel"]["inputs"] = [], {}
+        (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return False
+    for name, path in cached.items():
+        (clone / "data/models" / name).mkdir(parents=True)
+        shutil.copy2(path, clone / "data/models" / name / path.name)
+    return True
+
+
 def test_dvc_repro_runs_demo_and_every_ingest_stage(fresh_clone):
+    teacher_runs = provide_teacher_models(fresh_clone)
     run = dvc(fresh_clone, "repro")
     assert run.returncode == 0, run.stdout + run.stderr
     sources = yaml.safe_load((fresh_clone / "params.yaml").read_text())["ingest"]["sources"]
@@ -51,6 +72,11 @@ def test_dvc_repro_runs_demo_and_every_ingest_stage(fresh_clone):
         assert report["skipped"] or report["ignored"], f"{name}: the demo's deliberate quirk was not reported"
         for row in rows:
             assert (canonical / row["image"]).is_file() and (canonical / row["mask"]).is_file()
+
+    if teacher_runs:
+        labelled = fresh_clone / "data/interim/pseudolabel/demo-photos"
+        rows = [json.loads(line) for line in (labelled / "manifest.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and all(row["teacher"] == "mediapipe-selfie" and row["person_fraction"] > 0.1 for row in rows)
 
     again = dvc(fresh_clone, "repro")
     assert again.returncode == 0 and "didn't change, skipping" in again.stdout
