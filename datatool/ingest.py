@@ -11,12 +11,10 @@ fingerprinted (size, mtime) in `.ingest-state.jsonl`, and a record whose fingerp
 and outputs are unchanged reuses its previous manifest row and report entries.
 """
 
-import hashlib
-import json
 import multiprocessing
 import os
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,17 +24,17 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import IMAGES, MASKS, REPORT, make_id, write_manifest
-from datatool.images import TRANSPOSING_ORIENTATIONS, DecodedImage, ImageError, apply_orientation, oriented_size, read_image
+from datatool.canonical import IMAGES, MASKS, REPORT, copy_image, encode_image, make_id, write_manifest, write_mask
+from datatool.images import TRANSPOSING_ORIENTATIONS, ImageError, apply_orientation, oriented_size, read_image
 from datatool.masks import Mask, MaskError, fit_mask, same_aspect
 from datatool.progress import progress
 from datatool.report import Report
+from datatool.reuse import StateWriter, file_fingerprint, load_state, relative_to, remove_stale_files, signature
 from datatool.sources.base import Record, Source
 
 # Bump when the same input would give different output files, so old state is not reused.
 ENGINE_VERSION = 1
 STATE = ".ingest-state.jsonl"
-JPEG_QUALITY = 95
 IN_FLIGHT_PER_WORKER = 8  # bounded queue: memory stays flat however many images there are
 
 
@@ -88,17 +86,16 @@ def ingest(
 
     (output / IMAGES).mkdir(parents=True, exist_ok=True)
     (output / MASKS).mkdir(parents=True, exist_ok=True)
-    signature = run_signature(source, name, options)
-    previous = load_state(output, signature)
+    run_signature = signature(
+        engine=ENGINE_VERSION, name=name, source=source.name, root=str(source.root),
+        source_options=source.options(), options=asdict(options),
+    )  # fmt: skip
+    previous = load_state(output / STATE, run_signature)
 
     encodings: Counter[str] = Counter()
     kept_ids: set[str] = set()
-    state_path = output / STATE
-    new_state = state_path.with_suffix(".tmp")
-    state = new_state.open("w")  # streamed, like the manifest; replaces the old state at the end
-    state.write(json.dumps({"signature": signature}) + "\n")
 
-    def manifest_rows() -> Iterator[dict[str, Any]]:
+    def manifest_rows(state: StateWriter) -> Iterator[dict[str, Any]]:
         outcomes = process_records(source, records, name, output, options, previous, workers)
         for record, outcome, reused in progress(outcomes, total=len(records), desc=f"ingest {name}"):
             report.counts["reused" if reused else "processed"] += 1
@@ -107,7 +104,7 @@ def ingest(
             for note in outcome.notes:
                 report.repair(record.image, note, id=outcome.sample_id, mask=report.relative(record.mask))
             if outcome.inputs is not None:
-                state.write(json.dumps(asdict(outcome)) + "\n")
+                state.write(asdict(outcome))
             if outcome.skip is not None:
                 report.skip(outcome.skip["file"], outcome.skip["reason"])
                 continue
@@ -115,11 +112,10 @@ def ingest(
             encodings[outcome.row["mask_encoding"]] += 1
             yield outcome.row
 
-    with state:
-        ingested = write_manifest(output, manifest_rows())
-    os.replace(new_state, state_path)
+    with StateWriter(output / STATE, run_signature) as state:
+        ingested = write_manifest(output, manifest_rows(state))
     report.counts["ingested"] = ingested
-    report.counts["removed_stale_files"] = remove_stale_files(output, kept_ids)
+    report.counts["removed_stale_files"] = remove_stale_files([output / IMAGES, output / MASKS], kept_ids)
     header = {
         "stage": "ingest",
         "version": __version__,
@@ -166,7 +162,7 @@ def process_records(
     try:
         for record in records:
             sample_id = make_id(name, record.key)
-            inputs = fingerprint(source, record)
+            inputs = file_fingerprint(source.inputs(record), source.root)
             cached = previous.get(sample_id)
             if cached is not None and inputs is not None and cached["inputs"] == inputs and outputs_exist(output, cached):
                 pending.append((record, Outcome(**cached), True))
@@ -298,100 +294,6 @@ def downscale(pixels: np.ndarray, mask: Mask, max_side: int) -> tuple[np.ndarray
     return pixels, Mask(shrunk, mask.kind, mask.encoding, mask.notes)
 
 
-def copy_image(stem_path: Path, image: DecodedImage) -> str:
-    """Copy an image that needs no change byte for byte (lossless, far faster than re-encoding)."""
-    path = image_path(stem_path, image.format)
-    path.write_bytes(image.data)
-    return path.name
-
-
-def encode_image(stem_path: Path, pixels: np.ndarray, source_format: str) -> str:
-    """Encode a changed image: PNG sources stay PNG so nothing is lost; others become JPEG."""
-    path = image_path(stem_path, source_format)
-    params = [] if path.suffix == ".png" else [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    ok, encoded = cv2.imencode(path.suffix, pixels, params)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    path.write_bytes(encoded.tobytes())
-    return path.name
-
-
-def image_path(stem_path: Path, source_format: str) -> Path:
-    """`<id>.png` for PNG sources, `<id>.jpg` otherwise; drops the other one an older run may have left."""
-    suffix, other = (".png", ".jpg") if source_format == "PNG" else (".jpg", ".png")
-    # Appended, not `with_suffix`: an id may contain dots ("IMG_2020.01.01-<hash>").
-    stem_path.with_name(stem_path.name + other).unlink(missing_ok=True)
-    return stem_path.with_name(stem_path.name + suffix)
-
-
-def write_mask(path: Path, pixels: np.ndarray) -> None:
-    # OpenCV's default PNG settings are 3x faster here than any explicit compression level.
-    ok, encoded = cv2.imencode(".png", pixels)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    path.write_bytes(encoded.tobytes())
-
-
-def fingerprint(source: Source, record: Record) -> list | None:
-    """(relative path, size, mtime_ns) of each input file; None when one is missing."""
-    entries = []
-    for path in source.inputs(record):
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return None
-        entries.append([relative_to(path, source.root), stat.st_size, stat.st_mtime_ns])
-    return entries
-
-
 def outputs_exist(output: Path, cached: dict[str, Any]) -> bool:
     row = cached.get("row")
     return row is None or ((output / row["image"]).is_file() and (output / row["mask"]).is_file())
-
-
-def run_signature(source: Source, name: str, options: IngestOptions) -> str:
-    """What, besides the input files, decides the output: changing any of it disables re-use."""
-    described = {
-        "engine": ENGINE_VERSION,
-        "name": name,
-        "source": source.name,
-        "root": str(source.root),
-        "source_options": source.options(),
-        "options": asdict(options),
-    }
-    return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()
-
-
-def load_state(output: Path, signature: str) -> dict[str, dict[str, Any]]:
-    """The previous run's outcomes by sample id, if that run had the same signature."""
-    path = output / STATE
-    if not path.is_file():
-        return {}
-    with path.open() as lines:
-        try:
-            header = json.loads(next(lines, "{}"))
-            if header.get("signature") != signature:
-                return {}
-            entries = (json.loads(line) for line in lines if line.strip())
-            return {entry["sample_id"]: entry for entry in entries}
-        except (json.JSONDecodeError, KeyError):
-            return {}  # a damaged state file only costs a full re-run
-
-
-def remove_stale_files(output: Path, kept_ids: Iterable[str]) -> int:
-    """Delete images/masks left by earlier runs for samples that no longer exist; return the count."""
-    kept = set(kept_ids)
-    removed = 0
-    for folder in (output / IMAGES, output / MASKS):
-        for entry in os.scandir(folder):
-            if Path(entry.name).stem not in kept:
-                os.unlink(entry.path)
-                removed += 1
-    return removed
-
-
-def relative_to(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return str(path)

@@ -44,11 +44,10 @@ threshold re-labels nothing.
 import hashlib
 import json
 import operator
-import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -57,11 +56,13 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, make_id, read_manifest, validate_row, write_manifest
+from datatool.canonical import (
+    IMAGES, MANIFEST, MASKS, REPORT, copy_image, encode_image, make_id, read_manifest, validate_row, write_manifest, write_mask,
+)  # fmt: skip
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
-from datatool.ingest import copy_image, encode_image, write_mask
 from datatool.progress import progress
 from datatool.report import Report
+from datatool.reuse import StateWriter, file_fingerprint, load_state, remove_stale_files, signature
 from datatool.sources.base import IMAGE_SUFFIXES, walk_files
 from datatool.teachers.base import Teacher, TeacherError
 
@@ -186,18 +187,18 @@ def pseudolabel(
 
     for folder in (IMAGES, MASKS) + ((TEACHER_MASKS,) if canonical else ()):
         (output / folder).mkdir(parents=True, exist_ok=True)
-    signature = run_signature(teacher, name, input_dir, canonical, options)
-    previous = load_state(output, signature)
+    # What, besides the input files, decides the output files (the review thresholds do not).
+    run_signature = signature(
+        engine=ENGINE_VERSION, teacher=teacher.label, name=name, root=str(input_dir),
+        canonical=canonical, max_side=options.max_side or None,
+    )  # fmt: skip
+    previous = load_state(output / STATE, run_signature)
     labeller = Labeller(teacher, name, input_dir, output, canonical, options)
     totals: Counter[str] = Counter()
     quality: dict[str, list[float]] = {key: [] for key in ("confidence", "uncertain_fraction", "teacher_agreement", "teacher_iou")}
     kept_ids: set[str] = set()
-    state_path = output / STATE
-    new_state = state_path.with_suffix(".tmp")
-    state = new_state.open("w")  # streamed like the manifest; replaces the old state at the end
-    state.write(json.dumps({"signature": signature}) + "\n")
 
-    def manifest_rows() -> Iterator[dict[str, Any]]:
+    def manifest_rows(state: StateWriter) -> Iterator[dict[str, Any]]:
         outcomes = labeller.label_in_order(photos, previous)
         for photo, outcome, reused in progress(outcomes, total=len(photos), desc=f"pseudolabel {name}"):
             report.counts["reused" if reused else "labelled_now"] += 1
@@ -206,7 +207,7 @@ def pseudolabel(
             for note in outcome.notes:
                 report.repair(photo.path, note, id=outcome.sample_id)
             if outcome.inputs is not None:
-                state.write(json.dumps(asdict(outcome)) + "\n")
+                state.write(asdict(outcome))
             if outcome.skip is not None:
                 report.skip(outcome.skip["file"], outcome.skip["reason"])
                 continue
@@ -218,12 +219,11 @@ def pseudolabel(
                     values.append(row[key])
             yield row
 
-    with state:
-        labelled = write_manifest(output, manifest_rows())
-    os.replace(new_state, state_path)
+    with StateWriter(output / STATE, run_signature) as state:
+        labelled = write_manifest(output, manifest_rows(state))
     report.counts["labelled"] = labelled
     report.counts["needs_review"] = totals["needs_review"]
-    report.counts["removed_stale_files"] = remove_stale_files(output, kept_ids)
+    report.counts["removed_stale_files"] = remove_stale_files([output / IMAGES, output / MASKS, output / TEACHER_MASKS], kept_ids)
     header = {
         "stage": "pseudolabel",
         "version": __version__,
@@ -462,14 +462,8 @@ class Labeller:
     def fingerprint(self, photo: InputPhoto) -> list | None:
         """(relative path, size, mtime_ns) of the photo (and ground truth); None when a file is missing."""
         paths = [photo.path] if photo.row is None else [photo.path, self.root / photo.row["mask"]]
-        entries = []
-        for path in paths:
-            try:
-                stat = os.stat(path)
-            except OSError:
-                return None
-            entries.append([path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime_ns])
-        if photo.row is not None:  # a changed row (e.g. a new field) must reach the output too
+        entries = file_fingerprint(paths, self.root)
+        if entries is not None and photo.row is not None:  # a changed row (e.g. a new field) must reach the output too
             entries.append(hashlib.sha1(json.dumps(photo.row, sort_keys=True).encode()).hexdigest())
         return entries
 
@@ -578,52 +572,6 @@ def read_ground_truth(path: Path) -> np.ndarray:
 def with_review(row: dict[str, Any], thresholds: ReviewThresholds) -> dict[str, Any]:
     reasons = thresholds.reasons(row)
     return {**row, "needs_review": bool(reasons), "review_reasons": reasons}
-
-
-# -- state ---------------------------------------------------------------------------------------
-
-
-def run_signature(teacher: Teacher, name: str, root: Path, canonical: bool, options: PseudolabelOptions) -> str:
-    """What, besides the input files, decides the output files (the review thresholds do not)."""
-    described = {
-        "engine": ENGINE_VERSION,
-        "teacher": teacher.label,
-        "name": name,
-        "root": str(root),
-        "canonical": canonical,
-        "max_side": options.max_side or None,
-    }
-    return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()
-
-
-def load_state(output: Path, signature: str) -> dict[str, dict[str, Any]]:
-    """The previous run's outcomes by sample id, if that run had the same signature."""
-    path = output / STATE
-    if not path.is_file():
-        return {}
-    with path.open() as lines:
-        try:
-            header = json.loads(next(lines, "{}"))
-            if header.get("signature") != signature:
-                return {}
-            entries = (json.loads(line) for line in lines if line.strip())
-            return {entry["sample_id"]: entry for entry in entries}
-        except (json.JSONDecodeError, KeyError):
-            return {}  # a damaged state file only costs a full re-run
-
-
-def remove_stale_files(output: Path, kept_ids: Iterable[str]) -> int:
-    """Delete outputs of earlier runs for samples that are gone (or skipped now); return the count."""
-    kept = set(kept_ids)
-    removed = 0
-    for folder in (output / IMAGES, output / MASKS, output / TEACHER_MASKS):
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            if Path(entry.name).stem not in kept:
-                os.unlink(entry.path)
-                removed += 1
-    return removed
 
 
 __all__ = ["PseudolabelOptions", "PseudolabelResult", "ReviewThresholds", "pseudolabel"]

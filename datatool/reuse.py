@@ -1,0 +1,98 @@
+"""Re-use between runs: a stage redoes only the inputs whose files or options changed.
+
+Each stage that writes a canonical set keeps a hidden state file beside its manifest: a header
+line with the run's *signature* (a hash of everything besides the input files that decides the
+output: options, names, engine version), then one JSON line per sample with the fingerprint of
+its input files (path, size, mtime) and what the sample became. A later run with the same
+signature reuses every sample whose fingerprint and output files are unchanged, without
+decoding anything.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def signature(**described: Any) -> str:
+    """A stable hash of what, besides the input files, decides a stage's output."""
+    return hashlib.sha1(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_fingerprint(paths: Iterable[Path], root: Path) -> list | None:
+    """[[path relative to root, size, mtime_ns], ...] of the input files; None when one is missing."""
+    entries = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        entries.append([relative_to(path, root), stat.st_size, stat.st_mtime_ns])
+    return entries
+
+
+def load_state(path: Path, run_signature: str) -> dict[str, dict[str, Any]]:
+    """The previous run's entries by `sample_id`, if that run had the same signature."""
+    if not path.is_file():
+        return {}
+    with path.open() as lines:
+        try:
+            header = json.loads(next(lines, "{}"))
+            if header.get("signature") != run_signature:
+                return {}
+            entries = (json.loads(line) for line in lines if line.strip())
+            return {entry["sample_id"]: entry for entry in entries}
+        except (json.JSONDecodeError, KeyError):
+            return {}  # a damaged state file only costs a full re-run
+
+
+class StateWriter:
+    """Streams the new state beside the old one and replaces it only when the run completes.
+
+    Streamed, like the manifest, so memory does not grow with the number of samples; an
+    interrupted run leaves the previous state intact (and no temporary file).
+    """
+
+    def __init__(self, path: Path, run_signature: str):
+        self.path = path
+        self.temporary = path.with_name(path.name + ".tmp")
+        self.signature = run_signature
+
+    def __enter__(self) -> "StateWriter":
+        self.file = self.temporary.open("w")
+        self.file.write(json.dumps({"signature": self.signature}) + "\n")
+        return self
+
+    def write(self, entry: dict[str, Any]) -> None:
+        self.file.write(json.dumps(entry) + "\n")
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.file.close()
+        if error_type is None:
+            os.replace(self.temporary, self.path)
+        else:
+            self.temporary.unlink(missing_ok=True)
+
+
+def remove_stale_files(folders: Iterable[Path], kept_ids: Iterable[str]) -> int:
+    """Delete files of earlier runs whose sample id is no longer in the set; return the count."""
+    kept = set(kept_ids)
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if Path(entry.name).stem not in kept:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def relative_to(path: Path, root: Path) -> str:
+    """`path` relative to `root` (posix) when inside it, else as it is."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
