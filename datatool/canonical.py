@@ -82,7 +82,7 @@ def validate_row(row: dict[str, Any]) -> None:
 def copy_image(stem_path: Path, image: DecodedImage) -> str:
     """Copy an image that needs no change byte for byte (lossless, far faster than re-encoding)."""
     path = image_path(stem_path, image.format)
-    path.write_bytes(image.data)
+    write_file(path, image.data)
     return path.name
 
 
@@ -93,7 +93,7 @@ def encode_image(stem_path: Path, pixels: np.ndarray, source_format: str) -> str
     ok, encoded = cv2.imencode(path.suffix, pixels, params)
     if not ok:
         raise OSError(f"could not encode {path}")
-    path.write_bytes(encoded.tobytes())
+    write_file(path, encoded.tobytes())
     return path.name
 
 
@@ -111,4 +111,12 @@ def write_mask(path: Path, pixels: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", pixels)
     if not ok:
         raise OSError(f"could not encode {path}")
-    path.write_bytes(encoded.tobytes())
+    write_file(path, encoded.tobytes())
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: a file hard-linked into another set (see
+    `datatool boundary`) is replaced, never written through, and a crash leaves no half file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
