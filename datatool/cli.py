@@ -224,3 +224,96 @@ def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side,
         raise click.ClickException(f"no photo could be labelled from {input_dir}; the reasons are in {output_dir / 'report.json'}")
     if strict and result.skipped:
         raise click.ClickException(f"--strict: {result.skipped} inputs were skipped (see {output_dir / 'report.json'})")
+
+
+@main.command()
+@click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Canonical set whose masks give the edges.")
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write: the input's files (hard-linked) plus edges/.")
+@click.option("--width", default=4, show_default=True, type=click.IntRange(min=1), help="Band width in pixels across the outline.")
+@click.option("--method", default="morph", show_default=True, type=click.Choice(["morph", "canny", "sobel"]), help="morph: dilate XOR erode; canny/sobel: their edge line thickened.")
+def boundary(input_dir, output_dir, width, method) -> None:
+    """Edge maps of the person outline (edges/<id>.png, field `edge`) for boundary-aware losses."""
+    from datatool.boundary import build_boundaries
+
+    try:
+        result = build_boundaries(input_dir, output_dir, width=width, method=method)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    counts = result.report["counts"]
+    click.echo(
+        f"{input_dir.name}: {result.written} of {result.rows} edge maps ({method}, {width} px) in {result.report['seconds']:.1f} s; "
+        f"files {counts.get('linked_files', 0)} linked, {counts.get('copied_files', 0)} copied; {counts.get('empty_edges', 0)} empty edge maps"
+    )
+    print_reasons("skipped", result.report["skipped"])
+    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
+    if result.written == 0:
+        raise click.ClickException(f"no edge map could be written; the reasons are in {output_dir / 'report.json'}")
+
+
+@main.command()
+@click.option("--input", "inputs", required=True, multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="A canonical set; repeat the option, or list several sets after it.")
+@click.argument("more_inputs", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for train.jsonl, val.jsonl, test.jsonl and report.json.")
+@click.option("--val", "val_fraction", required=True, type=click.FloatRange(0, 1), help="Share of groups without an official split that go to val.")
+@click.option("--test", "test_fraction", required=True, type=click.FloatRange(0, 1), help="Share of groups without an official split that go to test.")
+@click.option("--seed", required=True, type=int, help="Seed of the hash that assigns groups; the same seed writes the same files.")
+@click.option("--exclusions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None, help='JSON: a list of sample ids, or {"ids": [...]} (label QA); those samples are left out.')
+def split(inputs, more_inputs, output_dir, val_fraction, test_fraction, seed, exclusions) -> None:
+    """Group-aware train/val/test manifests over canonical sets, keeping official splits."""
+    from datatool.split import SPLITS, SplitOptions, read_exclusions, split_sets
+
+    try:
+        options = SplitOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        excluded = read_exclusions(exclusions) if exclusions else None
+        result = split_sets([*inputs, *more_inputs], output_dir, options, exclusions=excluded)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    report = result.report
+    click.echo(
+        "split: " + ", ".join(f"{name} {result.counts[name]} ({report['groups_per_split'][name]} groups)" for name in SPLITS)
+        + f"; {result.excluded} excluded in {report['seconds']:.1f} s"
+    )
+    for source, tally in report["per_source"].items():
+        click.echo(f"  {source:<24} " + "  ".join(f"{name} {tally[name]:>6}" for name in SPLITS))
+    if report["exclusions_not_found"]:
+        click.echo(f"  exclusions not found: {len(report['exclusions_not_found'])} (listed in the report)")
+    if report["official_split_conflicts"]:
+        click.echo(f"  groups with disagreeing official splits: {len(report['official_split_conflicts'])} (the most held-out kept)")
+    print_reasons("skipped", report["skipped"])
+    click.echo(f"  manifests: {output_dir}/{{train,val,test}}.jsonl\n  report:    {output_dir / 'report.json'}")
+
+
+@main.command()
+@click.option("--foregrounds", "foregrounds_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Canonical set whose people are pasted.")
+@click.option("--backgrounds", "backgrounds_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Folder of background photos (searched recursively).")
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write (created).")
+@click.option("--name", default=None, help="Set name: part of ids [default: the output folder's name].")
+@click.option("--per-foreground", default=3, show_default=True, type=click.IntRange(min=1), help="Composites per foreground sample.")
+@click.option("--size", nargs=2, type=click.IntRange(min=16), default=(512, 512), show_default=True, metavar="H W", help="Composite height and width.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same composites.")
+@click.option("--harmonise", "harmonise_strength", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="LAB colour transfer towards the background: 0 off, 1 full.")
+@click.option("--feather", "feather_sigma", default=1.5, show_default=True, type=click.FloatRange(min=0), help="Gaussian sigma (px) that softens binary masks' edges.")
+@click.option("--no-augment", is_flag=True, help="No photometric augmentation of the composites.")
+@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True, help="Composite file format.")
+def synth(foregrounds_dir, backgrounds_dir, output_dir, name, per_foreground, size, seed, harmonise_strength, feather_sigma, no_augment, image_format) -> None:
+    """Paste the people of a canonical set onto new backgrounds; the masks are the pasted alpha."""
+    from datatool.synth import SynthOptions, synthesize
+
+    options = SynthOptions(
+        per_foreground=per_foreground, size=tuple(size), seed=seed, harmonise_strength=harmonise_strength,
+        feather_sigma=feather_sigma, augment=not no_augment, image_format=image_format,
+    )  # fmt: skip
+    try:
+        result = synthesize(foregrounds_dir, backgrounds_dir, output_dir, name=name, options=options)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    report = result.report
+    click.echo(
+        f"{report['name']}: {result.composites} composites of {result.foregrounds} foregrounds on {result.backgrounds} backgrounds "
+        f"in {report['seconds']:.1f} s ({report['composites_per_second']} composites/s)"
+    )
+    print_reasons("skipped", report["skipped"])
+    print_reasons("ignored", report["ignored"])
+    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
+    if result.composites == 0:
+        raise click.ClickException(f"no composite could be made; the reasons are in {output_dir / 'report.json'}")

@@ -58,7 +58,7 @@ def provide_teacher_models(clone: Path) -> bool:
     return True
 
 
-def test_dvc_repro_runs_demo_and_every_ingest_stage(fresh_clone):
+def test_dvc_repro_runs_the_whole_pipeline_on_the_demo(fresh_clone):
     teacher_runs = provide_teacher_models(fresh_clone)
     run = dvc(fresh_clone, "repro")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -77,6 +77,15 @@ def test_dvc_repro_runs_demo_and_every_ingest_stage(fresh_clone):
         labelled = fresh_clone / "data/interim/pseudolabel/demo-photos"
         rows = [json.loads(line) for line in (labelled / "manifest.jsonl").read_text().splitlines()]
         assert len(rows) == 3 and all(row["teacher"] == "mediapipe-selfie" and row["person_fraction"] > 0.1 for row in rows)
+
+    split = fresh_clone / "data/processed/split"
+    rows = [json.loads(line) for name in ("train", "val", "test") for line in (split / f"{name}.jsonl").read_text().splitlines()]
+    splits_of_group: dict[str, set[str]] = {}
+    for row in rows:
+        splits_of_group.setdefault(row["group"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in splits_of_group.values()), "a group crosses splits"
+    assert any(row.get("foreground_id") for row in rows), "no composite reached the split"
+    assert all(row.get("edge") for row in rows), "a row without its edge map"
 
     again = dvc(fresh_clone, "repro")
     assert again.returncode == 0 and "didn't change, skipping" in again.stdout
