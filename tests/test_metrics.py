@@ -1,0 +1,102 @@
+"""SegmentationMetrics against values computed by hand on 2x2 and 4x4 masks."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from trainer.metrics import SegmentationMetrics, boundary_f_scores, outline
+
+
+def as_logits(*rows: list[int]) -> torch.Tensor:
+    """A (1, 1, H, W) logit map from 0/1 rows: 1 -> +10 (person), 0 -> -10."""
+    return (torch.tensor(rows, dtype=torch.float32) * 20 - 10).view(1, 1, len(rows), -1)
+
+
+def as_mask(*rows: list[int]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32).view(1, 1, len(rows), -1)
+
+
+def square(top: int, left: int, size: int = 2, side: int = 4) -> torch.Tensor:
+    mask = torch.zeros(1, 1, side, side, dtype=torch.bool)
+    mask[..., top : top + size, left : left + size] = True
+    return mask
+
+
+def test_iou_and_dice_are_sums_over_the_dataset():
+    metrics = SegmentationMetrics()
+    # Image 1: I = 1, U = 2 (IoU 0.5). Image 2: I = 3, U = 4 (IoU 0.75).
+    metrics.update(as_logits([1, 1], [0, 0]), as_mask([1, 0], [0, 0]))
+    metrics.update(as_logits([1, 1], [1, 1]), as_mask([1, 1], [1, 0]))
+    result = metrics.compute()
+    assert result["iou"] == pytest.approx(4 / 6)  # not the per-image mean 0.625
+    assert result["dice"] == pytest.approx(2 * 4 / (6 + 4))
+    # One batch of both images gives the same sums.
+    together = SegmentationMetrics()
+    together.update(
+        torch.cat([as_logits([1, 1], [0, 0]), as_logits([1, 1], [1, 1])]),
+        torch.cat([as_mask([1, 0], [0, 0]), as_mask([1, 1], [1, 0])]),
+    )
+    assert together.compute() == pytest.approx(result)
+    metrics.reset()
+    assert metrics.sums.sum().item() == 0
+
+
+def test_threshold_is_probability_half_and_soft_targets_binarised():
+    metrics = SegmentationMetrics()
+    # Logit 0 is p = 0.5: not person. Target 0.6 is person, 0.4 is not.
+    metrics.update(torch.tensor([0.0, 0.1, 0.1, -1.0]).view(1, 1, 2, 2), as_mask([0.6, 0.6], [0.4, 0.4]))
+    assert metrics.compute()["iou"] == pytest.approx(1 / 3)  # I = {pixel 2}, U = {pixels 1, 2, 3}
+
+
+def test_outline_ignores_the_frame():
+    # A 2x2 square inside a 4x4 frame: all four pixels are outline.
+    assert torch.equal(outline(square(1, 1)), square(1, 1))
+    # The left half of the frame: only column 1 touches background; the frame is no outline.
+    left_half = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    left_half[..., :, :2] = True
+    expected = torch.zeros_like(left_half)
+    expected[..., :, 1] = True
+    assert torch.equal(outline(left_half), expected)
+
+
+def test_boundary_f_score_with_tolerance():
+    truth, shifted = square(1, 1), square(1, 2)  # the prediction one pixel to the right
+    # Tolerance 0: 2 of 4 outline pixels coincide each way -> P = R = 0.5 -> F = 0.5.
+    assert boundary_f_scores(shifted, truth, tolerance=0).tolist() == pytest.approx([0.5])
+    # Tolerance 1: every outline pixel lies within one pixel of the other outline.
+    assert boundary_f_scores(shifted, truth, tolerance=1).tolist() == pytest.approx([1.0])
+    # Empty prediction of a person: F 0; both empty: F 1 (DAVIS conventions).
+    empty = torch.zeros_like(truth)
+    assert boundary_f_scores(empty, truth, 2).tolist() == [0.0]
+    assert boundary_f_scores(truth, empty, 2).tolist() == [0.0]
+    assert boundary_f_scores(empty, empty, 2).tolist() == [1.0]
+
+
+def test_boundary_f_is_the_mean_over_images():
+    metrics = SegmentationMetrics(boundary_tolerance=0)
+    to_logits = lambda mask: mask.float() * 20 - 10  # noqa: E731
+    metrics.update(to_logits(square(1, 1)), square(1, 1).float())  # F 1
+    metrics.update(to_logits(square(1, 2)), square(1, 1).float())  # F 0.5
+    assert metrics.compute()["boundary_f"] == pytest.approx(0.75)
+
+
+def test_reduce_is_a_no_op_without_a_process_group():
+    metrics = SegmentationMetrics()
+    metrics.update(as_logits([1, 0], [0, 0]), as_mask([1, 1], [0, 0]))
+    before = metrics.sums.clone()
+    assert not dist.is_initialized()
+    metrics.reduce_from_all_processes()
+    assert torch.equal(metrics.sums, before)
+
+
+def test_reduce_sums_over_a_gloo_group(tmp_path):
+    metrics = SegmentationMetrics()
+    metrics.update(as_logits([1, 0], [0, 0]), as_mask([1, 1], [0, 0]))
+    before = metrics.compute()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        metrics.reduce_from_all_processes()
+    finally:
+        dist.destroy_process_group()
+    assert metrics.compute() == pytest.approx(before)
+    assert before["iou"] == pytest.approx(0.5)

@@ -1,0 +1,277 @@
+"""Training data: a dataset over `datatool split` manifests, with paired albumentations transforms.
+
+An item is a dict of tensors at `size` x `size`:
+
+- `image` (3, S, S) float32, RGB, normalised with `IMAGENET_MEAN` / `IMAGENET_STD`;
+- `mask` (1, S, S) float32 in [0, 1] (binary masks stay {0, 1}; mattes and soft masks stay soft);
+- `edge` (1, S, S) float32 in {0, 1} and `has_edge` (bool): the boundary band of `datatool
+  boundary`, zeros and False for rows without one (or `with_edges=False`);
+- `teacher` (1, S, S) float32 in [0, 1] and `has_teacher` (bool), with `with_teacher=True`: the
+  teacher's soft probabilities (`teacher_mask`), zeros and False for rows without one, so that
+  items with and without a teacher collate into one batch;
+- `image_b` (3, S, S), with `with_second_view=True`: the same geometry as `image` under an
+  independent photometric draw, for the consistency loss (PortraitNet compares the predictions
+  of a photo and its texture-augmented copy, which only works pixel by pixel when both share
+  their geometry);
+- `id` (str).
+
+Resizing is a plain `Resize` to S x S, not letterbox (`LongestMaxSize` + `PadIfNeeded`): phone
+pipelines such as MediaPipe's selfie segmenter stretch the camera frame to the model's square
+input and stretch the mask back, so training sees what deployment feeds; and letterbox padding
+is free, trivially correct background that would inflate validation IoU.
+
+Each target is interpolated as what it is. albumentations applies one `mask_interpolation` to
+every mask of a call, so the geometric transforms run as two pipelines that replay the same
+random draws (`PairedTransforms`): nearest for binary masks (torchvision's references do the
+same: no new label values), bilinear (area when shrinking) for mattes, soft masks and teacher
+probabilities. Edge bands go through the bilinear / area pipeline and are binarised at > 0: a
+4-pixel band shrunk six times with nearest sampling would break into dots, while "any band
+pixel under this output pixel" keeps it connected and at least one pixel wide.
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datatool.split import resolve
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SOFT_MASK_KINDS = ("alpha", "soft")  # mask_kind values resized bilinearly; "binary" uses nearest
+
+
+def build_geometric(size: int, augment: bool, mask_interpolation: int) -> A.Compose:
+    """Resize to size x size, then (training) flip and a random affine; masks with `mask_interpolation`."""
+    area_for_downscale = "image" if mask_interpolation == cv2.INTER_NEAREST else "image_mask"
+    transforms: list[A.BasicTransform] = [
+        A.Resize(size, size, mask_interpolation=mask_interpolation, area_for_downscale=area_for_downscale)
+    ]
+    if augment:
+        # Ranges in the spirit of PortraitNet's deformation augmentation (scale, shift, rotation),
+        # a little milder because our crops are already tight portraits. Resize runs first, so
+        # the warp costs S x S pixels whatever the photo's size.
+        transforms += [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(
+                scale=(0.75, 1.25),
+                translate_percent=(-0.1, 0.1),
+                rotate=(-25, 25),
+                mask_interpolation=mask_interpolation,
+                border_mode=cv2.BORDER_CONSTANT,
+                p=0.7,
+            ),
+        ]
+    return A.Compose(transforms)
+
+
+def build_photometric(augment: bool) -> A.Compose:
+    """Image-only changes (texture augmentation), then ImageNet normalisation."""
+    transforms: list[A.BasicTransform] = []
+    if augment:
+        transforms += [
+            A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10, p=0.5),
+            A.OneOf([A.Blur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.3),
+            A.ImageCompression(compression_type="jpeg", quality_range=(40, 95), p=0.3),  # phone-camera artefacts
+        ]
+    transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    return A.Compose(transforms)
+
+
+@dataclass
+class PairedTransforms:
+    """Geometric transforms replayed over image, hard and soft targets, then photometric on the image.
+
+    `__call__` seeds every pipeline from one `seed`, so an item is a pure function of its files
+    and the seed (the dataset draws the seed from torch's generator, which DataLoader seeds per
+    worker).
+    """
+
+    geometric_nearest: A.Compose
+    geometric_linear: A.Compose
+    photometric: A.Compose
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        hard: dict[str, np.ndarray],
+        soft: dict[str, np.ndarray],
+        seed: int,
+        second_view: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """image (H, W, 3) uint8 RGB; hard / soft targets (H, W) float32 in [0, 1] -> the same keys at S x S.
+
+        The image comes back as (S, S, 3) float32 normalised, `image_b` too with `second_view`.
+        """
+        hard_names, soft_names = list(hard), list(soft)
+        replay(self.geometric_nearest, seed)
+        warped = self.geometric_nearest(image=image, masks=[hard[name] for name in hard_names])
+        out = dict(zip(hard_names, warped["masks"], strict=True))
+        if soft_names:
+            replay(self.geometric_linear, seed)  # the same draws as above, bilinear masks
+            # The image is passed only so that every transform sees the same shapes as above.
+            soft_warped = self.geometric_linear(image=image, masks=[soft[name] for name in soft_names])
+            out.update(zip(soft_names, soft_warped["masks"], strict=True))
+        replay(self.photometric, seed + 1)
+        out["image"] = self.photometric(image=warped["image"])["image"]
+        if second_view:
+            replay(self.photometric, seed + 2)
+            out["image_b"] = self.photometric(image=warped["image"])["image"]
+        return out
+
+
+def replay(pipeline: A.Compose, seed: int) -> None:
+    """Reset `pipeline` to the stream of draws of `seed` (one generator shared by all its transforms).
+
+    `Compose.set_random_seed` would give every transform its own generator with the same seed,
+    so a flip and an affine would always fire together; one shared stream keeps them independent.
+    """
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def build_transforms(size: int, augment: bool) -> PairedTransforms:
+    """The transforms of a training (`augment=True`) or validation (resize only) item at size x size."""
+    return PairedTransforms(
+        geometric_nearest=build_geometric(size, augment, cv2.INTER_NEAREST),
+        geometric_linear=build_geometric(size, augment, cv2.INTER_LINEAR),
+        photometric=build_photometric(augment),
+    )
+
+
+def read_split(split_dir: Path, split: str) -> list[dict[str, Any]]:
+    """The rows of `<split_dir>/<split>.jsonl`; a missing or empty manifest is a `FileNotFoundError` / `ValueError`."""
+    path = Path(split_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no split manifest {path} (run `datatool split` or `dvc repro split`)")
+    rows = []
+    with path.open() as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not a JSON row ({error.msg})") from error
+    if not rows:
+        raise ValueError(f"split manifest {path} has no rows: nothing to train or evaluate on")
+    return rows
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; an unreadable file is an `OSError` naming it."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"cannot read image {path} (missing, truncated or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_gray(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 in [0, 1] from a uint8 PNG (255 = person / band); must match the image's `shape`."""
+    values = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if values is None:
+        raise OSError(f"cannot read {path} (missing, truncated or not an image)")
+    if values.shape != shape:
+        raise ValueError(f"{path} is {values.shape[1]}x{values.shape[0]}, its image {shape[1]}x{shape[0]}")
+    return values.astype(np.float32) / 255.0
+
+
+class SegmentationDataset(Dataset):
+    """The `split` rows of a `datatool split` folder as tensors at size x size (see the module doc)."""
+
+    def __init__(
+        self,
+        split_dir: Path,
+        split: str,
+        size: int,
+        augment: bool,
+        with_edges: bool = True,
+        with_teacher: bool = False,
+        with_second_view: bool = False,
+    ):
+        self.split_dir = Path(split_dir)
+        self.rows = read_split(self.split_dir, split)
+        self.size = size
+        self.with_edges = with_edges
+        self.with_teacher = with_teacher
+        self.with_second_view = with_second_view
+        self.transforms = build_transforms(size, augment)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        image = read_rgb(resolve(self.split_dir, row, "image"))
+        shape = image.shape[:2]
+        mask = read_gray(resolve(self.split_dir, row, "mask"), shape)
+        hard: dict[str, np.ndarray] = {}
+        soft: dict[str, np.ndarray] = {}
+        if row["mask_kind"] in SOFT_MASK_KINDS:
+            soft["mask"] = mask
+        else:
+            hard["mask"] = (mask >= 0.5).astype(np.float32)  # 128 and up is person, as in datatool
+        has_edge = self.with_edges and bool(row.get("edge"))
+        if has_edge:
+            soft["edge"] = read_gray(resolve(self.split_dir, row, "edge"), shape)
+        has_teacher = self.with_teacher and bool(row.get("teacher_mask"))
+        if has_teacher:
+            soft["teacher"] = read_gray(resolve(self.split_dir, row, "teacher_mask"), shape)
+
+        # A seed from torch's generator: fixed by torch.manual_seed, distinct per DataLoader worker.
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        out = self.transforms(image, hard, soft, seed, second_view=self.with_second_view)
+
+        zeros = np.zeros((self.size, self.size), np.float32)
+        item: dict[str, Any] = {
+            "image": torch.from_numpy(out["image"].transpose(2, 0, 1).copy()),  # (3, S, S)
+            "mask": torch.from_numpy(np.clip(out["mask"], 0.0, 1.0)[None].copy()),  # (1, S, S)
+            "edge": torch.from_numpy((out["edge"] > 0).astype(np.float32)[None] if has_edge else zeros[None]),
+            "has_edge": has_edge,
+            "id": row["id"],
+        }
+        if self.with_teacher:
+            teacher = np.clip(out["teacher"], 0.0, 1.0) if has_teacher else zeros
+            item["teacher"] = torch.from_numpy(teacher[None].copy())
+            item["has_teacher"] = has_teacher
+        if self.with_second_view:
+            item["image_b"] = torch.from_numpy(out["image_b"].transpose(2, 0, 1).copy())
+        return item
+
+
+def estimate_pos_weight(data: Dataset | DataLoader, max_items: int | None = None) -> float:
+    """#background / #foreground pixels of the masks, the `pos_weight` of a balanced BCE.
+
+    Streams sums (soft masks count fractionally), never holding the masks. `max_items` takes an
+    evenly spaced sample of a dataset, or the first items of a loader. Use an un-augmented
+    dataset: padding and warps change the balance.
+    """
+    foreground = total = 0.0
+    if isinstance(data, DataLoader):
+        batches = data
+    else:
+        indices = range(len(data))
+        if max_items is not None and max_items < len(data):
+            indices = np.linspace(0, len(data) - 1, max_items).round().astype(int).tolist()
+        batches = ({"mask": data[index]["mask"][None]} for index in indices)
+    seen = 0
+    # disable=None: quiet when stderr is not a terminal (logs, DVC, non-zero ranks' redirects).
+    for batch in tqdm(batches, desc="pos_weight", leave=False, disable=None):
+        masks = batch["mask"]  # (N, 1, S, S)
+        if max_items is not None:
+            masks = masks[: max_items - seen]
+        foreground += float(masks.double().sum())
+        total += masks.numel()
+        seen += masks.shape[0]
+        if max_items is not None and seen >= max_items:
+            break
+    if foreground == 0:
+        raise ValueError("no foreground pixels in the masks: cannot weight the positive class")
+    return (total - foreground) / foreground

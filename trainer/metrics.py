@@ -1,0 +1,105 @@
+"""`SegmentationMetrics`: IoU, Dice and boundary F-score accumulated over a dataset.
+
+Shaped like the `ConfusionMatrix` of torchvision's segmentation references: `update` adds a
+batch's counts into one float64 tensor of sums, `compute` reads the metrics off it, and
+`reduce_from_all_processes` all-reduces the sums, so the result over several processes is the
+result over their union.
+
+- IoU and Dice are dataset-level: sum of intersections / sum of unions over every pixel of
+  every image, so large and small people count by their pixels (per-image means would let an
+  image with a tiny person swing the score).
+- The boundary F-score follows Perazzi et al. (2016, DAVIS): an image's boundary precision is
+  the share of predicted outline pixels within `tolerance` px of the true outline, its recall
+  the share of true outline pixels within `tolerance` of the predicted one, F their harmonic
+  mean; the score is the mean F over images. Outlines are the mask's pixels with a background
+  pixel in their 3x3 neighbourhood; the tolerance is a square (chessboard) dilation, a
+  max-pool. The frame is no outline, as in `datatool boundary`.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+SUMS = ("intersection", "union", "predicted", "target", "boundary_f", "images")
+
+
+class SegmentationMetrics:
+    def __init__(self, threshold: float = 0.5, boundary_tolerance: int = 2):
+        self.threshold = threshold
+        self.boundary_tolerance = boundary_tolerance
+        self.sums = torch.zeros(len(SUMS), dtype=torch.float64)
+
+    def reset(self) -> None:
+        self.sums.zero_()
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """Add a batch: logits (N, 1, H, W); target (N, 1, H, W) in [0, 1], person where >= 0.5."""
+        predicted = torch.sigmoid(logits.float()) > self.threshold  # (N, 1, H, W) bool
+        truth = target >= 0.5
+        intersection = (predicted & truth).sum()
+        union = (predicted | truth).sum()
+        f_scores = boundary_f_scores(predicted, truth, self.boundary_tolerance)  # (N,)
+        batch_sums = torch.stack(
+            [
+                intersection.double(),
+                union.double(),
+                predicted.sum().double(),
+                truth.sum().double(),
+                f_scores.sum().double(),
+                torch.tensor(float(predicted.shape[0]), dtype=torch.float64, device=predicted.device),
+            ]
+        )
+        self.sums += batch_sums.cpu()
+
+    def compute(self) -> dict[str, float]:
+        """{"iou", "dice", "boundary_f"}; an empty prediction of an empty truth counts as perfect (1.0)."""
+        intersection, union, predicted, target, boundary_f, images = self.sums.tolist()
+        return {
+            "iou": intersection / union if union else 1.0,
+            "dice": 2 * intersection / (predicted + target) if predicted + target else 1.0,
+            "boundary_f": boundary_f / images if images else 0.0,
+        }
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the counts over all processes (no-op without an initialised process group)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        # NCCL reduces CUDA tensors only; gloo takes the CPU tensor as is.
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        sums = self.sums.to(device)
+        dist.all_reduce(sums)
+        self.sums = sums.cpu()
+
+    def __str__(self) -> str:
+        return "  ".join(f"{name} {value:.4f}" for name, value in self.compute().items())
+
+
+def outline(mask: Tensor) -> Tensor:
+    """Pixels of `mask` (N, 1, H, W) bool with a background pixel among their 8 neighbours."""
+    inside = mask.float()
+    # Erosion as -max_pool(-x); the pool's padding is -inf, so the frame counts as inside.
+    eroded = -F.max_pool2d(-inside, kernel_size=3, stride=1, padding=1)
+    return mask & (eroded < 0.5)
+
+
+def dilate(mask: Tensor, radius: int) -> Tensor:
+    """`mask` (N, 1, H, W) bool grown by `radius` px (a (2r+1)-square max-pool)."""
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask.float(), kernel_size=2 * radius + 1, stride=1, padding=radius) > 0.5
+
+
+def boundary_f_scores(predicted: Tensor, truth: Tensor, tolerance: int) -> Tensor:
+    """Per-image boundary F-score (N,) of bool masks (N, 1, H, W), DAVIS conventions for empty outlines."""
+    predicted_outline, true_outline = outline(predicted), outline(truth)
+    predicted_count = predicted_outline.sum(dim=(1, 2, 3)).double()
+    true_count = true_outline.sum(dim=(1, 2, 3)).double()
+    matched_predicted = (predicted_outline & dilate(true_outline, tolerance)).sum(dim=(1, 2, 3)).double()
+    matched_true = (true_outline & dilate(predicted_outline, tolerance)).sum(dim=(1, 2, 3)).double()
+    # An empty outline has precision (or recall) 1, so DAVIS's conventions follow: one empty
+    # outline scores F 0 (nothing of the other is matched), both empty score F 1.
+    precision = torch.where(predicted_count > 0, matched_predicted / predicted_count.clamp(min=1), 1.0)
+    recall = torch.where(true_count > 0, matched_true / true_count.clamp(min=1), 1.0)
+    return torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
