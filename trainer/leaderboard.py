@@ -1,0 +1,61 @@
+"""A markdown table of every trained student, best validation IoU first.
+
+Reads the `metrics.json` that `trainer.train.fit` writes into each `<models_dir>/<name>/`; a
+folder without one (a run still going, or killed before its first epoch) is not a result.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer.train import METRICS_FILE
+
+COLUMNS = (
+    ("Model", "model", "{}"),
+    ("Val IoU", "val_iou", "{:.4f}"),
+    ("Val Dice", "val_dice", "{:.4f}"),
+    ("Boundary F", "val_boundary_f", "{:.4f}"),
+    ("Params (M)", "params", "{:.3f}"),
+    ("Size (MB, fp32)", "size_mb", "{:.2f}"),
+    ("Input", "input_size", "{0}x{0}"),
+    ("Best epoch", "best_epoch", "{}"),
+    ("Epochs", "epochs", "{}"),
+)
+
+
+def collect_results(models_dir: Path) -> list[dict[str, Any]]:
+    """One metrics dict per `<models_dir>/<name>/metrics.json`, best val IoU first."""
+    results = []
+    for path in sorted(Path(models_dir).glob(f"*/{METRICS_FILE}")):
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        results.append({**metrics, "folder": path.parent.name})
+    return sorted(results, key=lambda result: -result["val_iou"])
+
+
+def render_leaderboard(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Student leaderboard",
+        "",
+        "Validation metrics at each run's best epoch (`trainer train`), best IoU first.",
+        "",
+        "| " + " | ".join(title for title, _, _ in COLUMNS) + " |",
+        "|" + "|".join("---" if key == "model" else "---:" for _, key, _ in COLUMNS) + "|",
+    ]
+    for result in results:
+        cells = []
+        for _, key, template in COLUMNS:
+            value = result.get(key)
+            if key == "params" and value is not None:
+                value = value / 1e6
+            cells.append("n/a" if value is None else template.format(value))
+        if result["folder"] != result.get("model"):
+            cells[0] += f" (`{result['folder']}/`)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(models_dir: Path, output: Path) -> list[dict[str, Any]]:
+    results = collect_results(models_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_leaderboard(results), encoding="utf-8")
+    return results
