@@ -29,7 +29,11 @@ def fresh_clone(tmp_path_factory) -> Path:
     for name in tracked_files():
         (clone / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, clone / name)
+    # A clone has commits; dvclive (in `trainer train`) reads the current revision.
     subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=clone, check=True)
+    identity = ["-c", "user.name=portraitseg tests", "-c", "user.email=tests@portraitseg.invalid"]
+    subprocess.run(["git", *identity, "commit", "-qm", "fresh clone"], cwd=clone, check=True)
     return clone
 
 
@@ -86,6 +90,10 @@ def test_dvc_repro_runs_the_whole_pipeline_on_the_demo(fresh_clone):
     assert all(len(splits) == 1 for splits in splits_of_group.values()), "a group crosses splits"
     assert any(row.get("foreground_id") for row in rows), "no composite reached the split"
     assert all(row.get("edge") for row in rows), "a row without its edge map"
+
+    metrics = json.loads((fresh_clone / "models/blazeseg/metrics.json").read_text())
+    assert metrics["model"] == "blazeseg" and 0.0 <= metrics["val_iou"] <= 1.0
+    assert (fresh_clone / "models/blazeseg/best.pt").is_file()
 
     again = dvc(fresh_clone, "repro")
     assert again.returncode == 0 and "didn't change, skipping" in again.stdout
