@@ -260,7 +260,7 @@ def train_one_epoch(
     model.train()
     totals: dict[str, float] = {}
     seen = 0
-    progress = tqdm(loader, desc=description, leave=False, disable=not show_progress)
+    progress = tqdm(loader, desc=description, leave=False, disable=None if show_progress else True)  # None: quiet off a terminal
     for batch in progress:
         batch = move_batch(batch, device, channels_last)
         with autocast(device, amp):
@@ -305,7 +305,7 @@ def evaluate(
     """IoU, Dice and boundary F-score of `model`'s mask logits over the whole loader."""
     model.eval()
     metrics = SegmentationMetrics()
-    for batch in tqdm(loader, desc="val", leave=False, disable=not show_progress):
+    for batch in tqdm(loader, desc="val", leave=False, disable=None if show_progress else True):
         batch = move_batch(batch, device, channels_last)
         with autocast(device, amp):
             logits = model(batch["image"])  # (N, 1, H, W)
