@@ -25,6 +25,22 @@ def print_reasons(title: str, entries: list[dict], limit: int = 8) -> None:
         click.echo(f"    {count:>6}  {reason}  (e.g. {example})")
 
 
+def print_report_and_exit_status(report: dict, output_dir: Path, *, produced: int, strict: bool, nothing: str) -> None:
+    """The end of every set-writing command: reasons per list, where the files are, exit status.
+
+    Exits non-zero when nothing was produced (`nothing` says what), or with --strict when any
+    input was skipped; the report names each file either way.
+    """
+    print_reasons("skipped", report["skipped"])
+    print_reasons("repaired", report["repaired"])
+    print_reasons("ignored", report["ignored"])
+    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
+    if produced == 0:
+        raise click.ClickException(f"{nothing}; the reasons are in {output_dir / 'report.json'}")
+    if strict and report["skipped"]:
+        raise click.ClickException(f"--strict: {len(report['skipped'])} inputs were skipped (see {output_dir / 'report.json'})")
+
+
 @main.command()
 @click.argument("source_format", metavar="SOURCE", type=click.Choice(["aisegment", "kaggle-people", "pfcn", "supervisely", "folder"]))
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path), help="The dataset as downloaded and unpacked.")
@@ -65,14 +81,9 @@ def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict
         f"{name}: {result.ingested} samples ingested ({result.reused} reused from the previous run) "
         f"from {result.records} candidates in {report['seconds']:.1f} s"
     )
-    print_reasons("skipped", report["skipped"])
-    print_reasons("repaired", report["repaired"])
-    print_reasons("ignored", report["ignored"])
-    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
-    if result.ingested == 0:
-        raise click.ClickException(f"no sample could be ingested from {input_dir}; the reasons are in {output_dir / 'report.json'}")
-    if strict and result.skipped:
-        raise click.ClickException(f"--strict: {result.skipped} inputs were skipped (see {output_dir / 'report.json'})")
+    print_report_and_exit_status(
+        report, output_dir, produced=result.ingested, strict=strict, nothing=f"no sample could be ingested from {input_dir}"
+    )
 
 
 @main.group()
@@ -216,14 +227,9 @@ def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side,
     )
     means = ", ".join(f"{key} {value:.3f}" for key, value in report["mean"].items() if value is not None)
     click.echo(f"  needs review: {result.needs_review}" + (f"; mean {means}" if means else ""))
-    print_reasons("skipped", report["skipped"])
-    print_reasons("repaired", report["repaired"])
-    print_reasons("ignored", report["ignored"])
-    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
-    if result.labelled == 0:
-        raise click.ClickException(f"no photo could be labelled from {input_dir}; the reasons are in {output_dir / 'report.json'}")
-    if strict and result.skipped:
-        raise click.ClickException(f"--strict: {result.skipped} inputs were skipped (see {output_dir / 'report.json'})")
+    print_report_and_exit_status(
+        report, output_dir, produced=result.labelled, strict=strict, nothing=f"no photo could be labelled from {input_dir}"
+    )
 
 
 @main.command()
