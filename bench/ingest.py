@@ -25,26 +25,18 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import psutil
+from portraits import HEIGHT, WIDTH, PortraitGenerator
 
-HEIGHT, WIDTH = 800, 600
 
 
 def generate_pairs(root: Path, count: int, seed: int = 0) -> Path:
     """Photo-like JPEGs (smooth shapes + sensor noise, ~100 KB each) and 0/255 PNG masks."""
-    rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    portraits = PortraitGenerator(seed)
     for index in range(count):
-        phase = rng.uniform(0, 6.28, 3)
-        base = np.stack([127 + 90 * np.sin(xs / (40 + 7 * c) + phase[c]) * np.cos(ys / (55 + 5 * c)) for c in range(3)], -1)
-        photo = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        cx = int(rng.uniform(200, 400))
-        cv2.ellipse(mask, (cx, 600), (180, 260), 0, 0, 360, 255, -1)
-        cv2.circle(mask, (cx, 250), 110, 255, -1)
+        photo, mask = portraits.photo(), portraits.mask()
         cv2.imwrite(str(root / f"images/{index:06d}.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
         cv2.imwrite(str(root / f"masks/{index:06d}.png"), mask)
     return root

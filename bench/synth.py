@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from datatool.synth import SynthOptions, synthesize
+from portraits import HEIGHT, WIDTH, PortraitGenerator
 
-HEIGHT, WIDTH = 800, 600
 BACKGROUNDS = 6
 
 
@@ -34,16 +34,10 @@ def generate(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
     foregrounds, backgrounds = root / "fg", root / "bg"
     for folder in (foregrounds / "images", foregrounds / "masks", backgrounds):
         folder.mkdir(parents=True, exist_ok=True)
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    portraits = PortraitGenerator(seed)
     rows = []
     for index in range(count):
-        phase = rng.uniform(0, 6.28, 3)
-        base = np.stack([127 + 90 * np.sin(xs / (40 + 7 * c) + phase[c]) * np.cos(ys / (55 + 5 * c)) for c in range(3)], -1)
-        photo = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        cx = int(rng.uniform(200, 400))
-        cv2.ellipse(mask, (cx, 600), (180, 260), 0, 0, 360, 255, -1)
-        cv2.circle(mask, (cx, 250), 110, 255, -1)
+        photo, mask = portraits.photo(), portraits.mask()
         mask = cv2.GaussianBlur(mask, (0, 0), 3)
         sample_id = f"{index:06d}"
         cv2.imwrite(str(foregrounds / f"images/{sample_id}.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])

@@ -16,7 +16,7 @@ import os
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from datatool.images import TRANSPOSING_ORIENTATIONS, ImageError, apply_orientat
 from datatool.masks import Mask, MaskError, fit_mask, same_aspect
 from datatool.progress import progress
 from datatool.report import Report
-from datatool.reuse import StateWriter, file_fingerprint, load_state, relative_to, remove_stale_files, signature
+from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, relative_to, remove_stale_files, signature
 from datatool.sources.base import Record, Source
 
 # Bump when the same input would give different output files, so old state is not reused.
@@ -43,18 +43,6 @@ class IngestOptions:
     """Options that change the output files (part of the re-use signature)."""
 
     max_side: int | None = None  # downscale so that max(height, width) <= max_side; None keeps size
-
-
-@dataclass
-class Outcome:
-    """What one record became: a manifest row, or a skip with its reason; plus report notes."""
-
-    sample_id: str
-    inputs: list | None  # [(path relative to root, size, mtime_ns), ...] or None if a file is missing
-    row: dict[str, Any] | None = None
-    skip: dict[str, str] | None = None  # {"file": ..., "reason": ...}
-    notes: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

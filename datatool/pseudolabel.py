@@ -62,7 +62,7 @@ from datatool.canonical import (
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
 from datatool.progress import progress
 from datatool.report import Report
-from datatool.reuse import StateWriter, file_fingerprint, load_state, remove_stale_files, signature
+from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, remove_stale_files, signature
 from datatool.sources.base import IMAGE_SUFFIXES, walk_files
 from datatool.teachers.base import Teacher, TeacherError
 
@@ -133,18 +133,6 @@ class LoadedPhoto:
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     ground_truth: np.ndarray | None = None  # canonical input: the (H, W) uint8 mask
-
-
-@dataclass
-class Outcome:
-    """What one photo became: a manifest row (without review fields) or a skip; stored for re-use."""
-
-    sample_id: str
-    inputs: list | None  # [(path relative to the input, size, mtime_ns)] or None when missing
-    row: dict[str, Any] | None = None
-    skip: dict[str, str] | None = None
-    notes: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

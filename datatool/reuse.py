@@ -12,8 +12,24 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class Outcome:
+    """What one input became: a manifest row, or a skip with its reason; plus report notes.
+
+    This is what the state file stores per sample, so a re-run restores it without decoding.
+    """
+
+    sample_id: str
+    inputs: list | None  # [[path relative to the input root, size, mtime_ns], ...]; None when a file is missing
+    row: dict[str, Any] | None = None
+    skip: dict[str, str] | None = None  # {"file": ..., "reason": ...}
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def signature(**described: Any) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -38,6 +39,16 @@ def write_image(path: Path, image: np.ndarray, params: list[int] | None = None) 
     """Write with OpenCV (format from the suffix), creating parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), image, params or []), path
+    return path
+
+
+def save_jpeg_with_orientation(path: Path, bgr: np.ndarray, orientation: int) -> Path:
+    """A JPEG whose EXIF orientation tag says `orientation` (pixels stored as given)."""
+    image = Image.fromarray(bgr[..., ::-1])
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="JPEG", quality=95, exif=exif.tobytes())
     return path
 
 

@@ -6,10 +6,9 @@ import os
 import cv2
 import numpy as np
 from click.testing import CliRunner
-from PIL import Image
 
 import datatool.ingest as engine
-from conftest import make_person_mask, make_photo, write_image
+from conftest import make_person_mask, make_photo, save_jpeg_with_orientation, write_image
 from datatool.canonical import REQUIRED_FIELDS, read_manifest
 from datatool.cli import main
 from datatool.ingest import ingest
@@ -21,14 +20,6 @@ def build_folder(root, count=4):
         write_image(root / f"images/p{n}.jpg", make_photo(60, 80, n))
         write_image(root / f"masks/p{n}.png", make_person_mask(60, 80, n))
     return root
-
-
-def save_jpeg_with_orientation(path, bgr, orientation):
-    image = Image.fromarray(bgr[..., ::-1])
-    exif = image.getexif()
-    exif[0x0112] = orientation
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="JPEG", quality=95, exif=exif.tobytes())
 
 
 def test_manifest_contract_and_stable_ids(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import make_photo, write_image
+from conftest import make_photo, save_jpeg_with_orientation, write_image
 from datatool.canonical import MASK_KINDS, REQUIRED_FIELDS, read_manifest
 from datatool.cli import main
 from datatool.ingest import ingest
@@ -63,14 +63,6 @@ def rgb_image(red: np.ndarray, green: np.ndarray | None = None) -> np.ndarray:
     """A BGR array (for cv2) with the given red (and green) channel; blue is a fixed 40."""
     green = np.zeros_like(red) if green is None else green
     return np.dstack([np.full_like(red, 40), green, red]).astype(np.uint8)
-
-
-def save_jpeg_with_orientation(path, bgr, orientation):
-    image = Image.fromarray(bgr[..., ::-1])
-    exif = image.getexif()
-    exif[0x0112] = orientation
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="JPEG", quality=95, exif=exif.tobytes())
 
 
 def read_gray(path):
