@@ -29,7 +29,7 @@ samples.
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,7 @@ class Foreground:
     soft: bool  # the mask is a matte (kept) rather than binary (feathered)
 
 
-def synthesize(foregrounds: Path, backgrounds: Path, output: Path, *, name: str | None = None, options: SynthOptions | None = None) -> SynthResult:
+def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Path, *, name: str | None = None, options: SynthOptions | None = None) -> SynthResult:
     """Write `per_foreground` composites of every sample of the canonical set `foregrounds` to `output`.
 
     Raises `ValueError` when the foreground set or the background folder is missing, when the
@@ -123,22 +123,32 @@ def synthesize(foregrounds: Path, backgrounds: Path, output: Path, *, name: str 
     """
     options = options or SynthOptions()
     options.check()
-    foregrounds, backgrounds, output = (Path(path).expanduser().resolve() for path in (foregrounds, backgrounds, output))
+    foregrounds, output = (Path(path).expanduser().resolve() for path in (foregrounds, output))
+    folders = [Path(path).expanduser().resolve() for path in ([backgrounds] if isinstance(backgrounds, str | Path) else backgrounds)]
     if not (foregrounds / MANIFEST).is_file():
         raise ValueError(f"foregrounds {foregrounds} is not a canonical set (no manifest.jsonl)")
-    if not backgrounds.is_dir():
-        raise ValueError(f"backgrounds {backgrounds} is not a folder")
-    if output in (foregrounds, backgrounds):
+    if not folders:
+        raise ValueError("no background folder given")
+    for folder in folders:
+        if not folder.is_dir():
+            raise ValueError(f"backgrounds {folder} is not a folder")
+    if output == foregrounds or output in folders:
         raise ValueError("the output must be another folder than the inputs")
     name = name or output.name
     report = Report(foregrounds)
-    background_list = scan_backgrounds(backgrounds, report)
+    # With several folders a background's key starts with its folder's name, so keys stay unique.
+    background_list = [
+        background
+        for folder in folders
+        for background in scan_backgrounds(folder, report, prefix=f"{folder.name}/" if len(folders) > 1 else "")
+    ]
+    where = ", ".join(str(folder) for folder in folders)
     if not background_list:
         rejected = report.skipped + report.ignored
         if not rejected:
-            raise ValueError(f"no background image under {backgrounds}: the folder is empty")
+            raise ValueError(f"no background image under {where}: the folder is empty")
         examples = "; ".join(f"{entry['file']}: {entry['reason']}" for entry in rejected[:3])
-        raise ValueError(f"no usable background image under {backgrounds} ({len(rejected)} files rejected, e.g. {examples})")
+        raise ValueError(f"no usable background image under {where} ({len(rejected)} files rejected, e.g. {examples})")
     rows = list(read_manifest(foregrounds))
     report.counts["foregrounds"] = len(rows)
     report.counts["backgrounds"] = len(background_list)
@@ -196,7 +206,7 @@ def synthesize(foregrounds: Path, backgrounds: Path, output: Path, *, name: str 
         "stage": "synth",
         "version": __version__,
         "foregrounds": str(foregrounds),
-        "backgrounds": str(backgrounds),
+        "backgrounds": where,
         "output": str(output),
         "name": name,
         "options": asdict(options),
@@ -215,12 +225,12 @@ def sample_seed(seed: int, foreground_id: str, k: int) -> int:
 # -- inputs --------------------------------------------------------------------------------------
 
 
-def scan_backgrounds(root: Path, report: Report) -> list[Background]:
-    """Every readable image under `root` (recursive, sorted); the rest reported as skipped or ignored."""
+def scan_backgrounds(root: Path, report: Report, prefix: str = "") -> list[Background]:
+    """Every readable image under `root` (recursive, sorted), keyed `prefix` + relative path; the rest reported."""
     backgrounds = []
     background_report = Report(root)  # paths relative to the background folder, then merged
     for path in walk_files(root, background_report, IMAGE_SUFFIXES):
-        key = path.relative_to(root).as_posix()
+        key = prefix + path.relative_to(root).as_posix()
         try:
             read_image(path).validate()
         except ImageError as error:
@@ -228,9 +238,9 @@ def scan_backgrounds(root: Path, report: Report) -> list[Background]:
             continue
         backgrounds.append(Background(key, path))
     for entry in background_report.skipped:
-        report.skip(f"backgrounds/{entry['file']}", entry["reason"])
+        report.skip(f"backgrounds/{prefix}{entry['file']}", entry["reason"])
     for entry in background_report.ignored:
-        report.ignore(f"backgrounds/{entry['file']}", entry["reason"])
+        report.ignore(f"backgrounds/{prefix}{entry['file']}", entry["reason"])
     report.counts.update({f"backgrounds_{key}": value for key, value in background_report.counts.items()})
     return backgrounds
 

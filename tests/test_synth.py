@@ -186,3 +186,20 @@ def test_harmonise_moves_person_colour_towards_the_background():
     assert np.array_equal(harmonise(person, alpha, scene, 0.0), person)
     distances = [np.abs(harmonise(person, alpha, scene, s).mean((0, 1)) - scene.mean((0, 1))).sum() for s in (0.0, 0.5, 1.0)]
     assert distances[0] > distances[1] > distances[2] and distances[2] < 15
+
+
+def test_several_background_folders_are_keyed_by_folder(tmp_path):
+    foregrounds = make_foregrounds(tmp_path / "fg")
+    make_backgrounds(tmp_path / "demo")
+    make_backgrounds(tmp_path / "mined", sizes=((64, 64), (70, 90)))
+    (tmp_path / "mined" / "broken.jpg").write_bytes(b"not a jpeg")
+    output = tmp_path / "syn"
+    args = ["synth", "--foregrounds", str(foregrounds), "--backgrounds", str(tmp_path / "demo"), str(tmp_path / "mined"),
+            "--output", str(output), "--per-foreground", "8", "--size", "32", "32"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "on 3 backgrounds" in result.output  # bg0.png twice (one per folder), bg1.png
+    used = {row["background_id"] for row in load_rows(output)}
+    assert used <= {"demo/bg0.png", "mined/bg0.png", "mined/bg1.png"} and len(used) >= 2
+    report = json.loads((output / "report.json").read_text())
+    assert [entry["file"] for entry in report["skipped"]] == ["backgrounds/mined/broken.jpg"]
