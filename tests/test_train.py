@@ -19,7 +19,7 @@ import trainer.train as train_module
 from trainer.cli import main
 from trainer.config import ConfigError, TrainConfig, build_train_config, load_train_config, parse_overrides
 from trainer.models import MODELS, SegmentationModel
-from trainer.train import CheckpointError, fit, load_checkpoint, load_model
+from trainer.train import CheckpointError, build_datasets, fit, load_checkpoint, load_model
 
 TINY = "tiny_test_segmenter"
 
@@ -138,12 +138,30 @@ def test_config_reads_params_and_applies_overrides(tmp_path):
         ({"loss_weights": {"focal": 1.0}}, "unknown train.loss_weights ['focal']"),
         ({"schedule": "step"}, "train.schedule must be one of cosine, plateau"),
         ({"batch_size": 0}, "train.batch_size must be at least 1"),
+        ({"val_sources": {"a": 1}}, "train.val_sources must be a list"),
+        ({"ema_decay": 1.0}, "train.ema_decay must lie in [0, 1)"),
+        ({"copy_paste": 1.5}, "train.copy_paste is a probability in [0, 1]"),
+        ({"val_sources": [1]}, "train.val_sources[0] must be str"),
     ],
 )
 def test_config_rejects_unknown_keys_wrong_types_and_values(section, message):
     with pytest.raises(ConfigError) as error:
         build_train_config(section)
     assert message in str(error.value)
+
+
+def test_val_sources_keeps_only_those_val_rows(tmp_path, split_dir):
+    # One word on the command line is a one-item list.
+    assert build_train_config({}, parse_overrides(["val_sources=people-dev"])).val_sources == ["people-dev"]
+    for split in ("train", "val"):  # the fixture's rows, pointing at its files, half of them "composites"
+        rows = [json.loads(line) for line in (split_dir / f"{split}.jsonl").read_text().splitlines()]
+        rows = [{**row, "set": str(split_dir / "blobs"), "source": ("real", "synth")[i % 2]} for i, row in enumerate(rows)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    _, val_set = build_datasets(tiny_config(tmp_path, val_sources=["real"]))
+    assert [row["id"] for row in val_set.rows] == ["val0", "val2"]
+    assert val_set[0]["image"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="of sources nobody"):
+        build_datasets(tiny_config(tmp_path, val_sources=["nobody"]))
 
 
 def test_override_must_be_key_value(tmp_path):
@@ -195,8 +213,9 @@ def test_plateau_schedule_and_consistency_and_distillation_terms(tmp_path, split
     assert first["train_consistency"] > 0 and first["train_distillation"] > 0
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, split_dir, tiny_model, monkeypatch):
-    config = tiny_config(split_dir, epochs=4, augment=True, max_train_samples=6)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, split_dir, tiny_model, monkeypatch, ema_decay):
+    config = tiny_config(split_dir, epochs=4, augment=True, max_train_samples=6, ema_decay=ema_decay)
     fit(config, tmp_path / "straight", show_progress=False)
 
     save_checkpoint = train_module.save_checkpoint
@@ -217,8 +236,13 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, split_dir, t
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert resumed["epoch"] == 4
-    for name, tensor in straight["model"].items():
-        torch.testing.assert_close(resumed["model"][name], tensor, rtol=0, atol=0, msg=name)
+    weights = ("model", "training_model") if ema_decay else ("model",)  # with EMA, both go on
+    for key in weights:
+        for name, tensor in straight[key].items():
+            torch.testing.assert_close(resumed[key][name], tensor, rtol=0, atol=0, msg=f"{key}.{name}")
+    if ema_decay:  # the average is a different set of weights from the last step's
+        assert resumed["ema_steps"] == straight["ema_steps"] > 0
+        assert any(not torch.equal(resumed["model"][name], tensor) for name, tensor in resumed["training_model"].items())
     assert resumed["history"] == straight["history"]
     iou_rows = (tmp_path / "killed" / "live" / "plots" / "metrics" / "val" / "iou.tsv").read_text().splitlines()
     # dvclive's rows: epoch 3's row from the killed run is replaced, not repeated.

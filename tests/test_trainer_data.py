@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import make_person_mask, make_photo, write_image
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, build_transforms, estimate_pos_weight
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, build_transforms, estimate_pos_weight, paste_person
 
 HEIGHT, WIDTH, SIZE = 30, 40, 16
 
@@ -192,3 +192,46 @@ def test_pos_weight_is_background_over_foreground(tmp_path):
                                                 np.zeros((SIZE, SIZE), np.uint8))])
     with pytest.raises(ValueError, match="no foreground"):
         estimate_pos_weight(SegmentationDataset(tmp_path / "empty", "train", SIZE, augment=False))
+
+
+def test_paste_person_blends_the_donor_and_makes_the_targets_a_union():
+    size = 32
+    item = {"image": torch.zeros(3, size, size), "mask": torch.zeros(1, size, size), "edge": torch.zeros(1, size, size),
+            "has_edge": True, "teacher": torch.zeros(1, size, size)}
+    item["mask"][:, 20:, 20:] = 1.0  # the item's own person, bottom right
+    item["edge"][:, 20, 20:] = 1.0
+    donor = {"image": torch.ones(3, size, size), "mask": torch.zeros(1, size, size)}
+    donor["mask"][:, 8:24, 8:24] = 1.0  # the donor's person, a square in the middle
+    paste_person(item, donor, torch.Generator().manual_seed(0))
+    donor_pixels = item["image"][0] > 0.99  # where the donor's person (image 1, alpha 1) landed
+    assert donor_pixels.sum() > 16  # something of the donor landed
+    assert torch.equal(item["mask"][0][donor_pixels], torch.ones(int(donor_pixels.sum())))
+    assert torch.equal(item["teacher"][0][donor_pixels], torch.ones(int(donor_pixels.sum())))
+    assert (item["mask"][0, 20:, 20:] == 1.0).all()  # the item's own person stays a person
+    # Outside the pasted square (where alpha is 0) nothing changed.
+    untouched = item["mask"][0] == 0
+    assert torch.equal(item["image"][:, untouched], torch.zeros(3, int(untouched.sum())))
+    # The pasted person has a band on its outline and none deep inside it.
+    ys, xs = torch.nonzero(donor_pixels, as_tuple=True)
+    assert item["edge"][0, ys.min(), xs.min() + (xs.max() - xs.min()) // 2] == 1.0
+    inner = donor_pixels.clone()
+    inner[ys.min() : ys.min() + 3] = False
+    inner[ys.max() - 2 :] = False
+    inner[:, xs.min() : xs.min() + 3] = False
+    inner[:, xs.max() - 2 :] = False
+    assert not item["edge"][0][inner].any()
+
+
+def test_copy_paste_adds_a_person_to_the_same_draw(split_dir):
+    plain = SegmentationDataset(split_dir, "train", SIZE, augment=True)
+    pasting = SegmentationDataset(split_dir, "train", SIZE, augment=True, copy_paste=1.0)
+    torch.manual_seed(3)
+    before = plain[0]
+    torch.manual_seed(3)
+    after = pasting[0]  # the same item's draw, then a paste on top
+    assert (after["mask"] >= before["mask"] - 1e-6).all()
+    assert after["mask"].sum() > before["mask"].sum()
+    assert not torch.equal(after["image"], before["image"])
+    # Probability 0 (and validation sets) never paste.
+    torch.manual_seed(3)
+    assert torch.equal(SegmentationDataset(split_dir, "train", SIZE, augment=True, copy_paste=0.0)[0]["mask"], before["mask"])

@@ -44,14 +44,19 @@ class TrainConfig:
     plateau_patience: int = 3  # epochs without val IoU gain before the plateau schedule lowers the lr
     plateau_factor: float = 0.5
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights
+    # (e.g. 0.999; steadier than the last step's weights on small, noisy sets); 0 = off
     loss_weights: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"bce": 1.0, "dice": 1.0, "boundary": 0.5}
     )  # terms of trainer.losses.LOSS_TERMS; consistency (a second view) and distillation (teacher
     # masks) also switch on the data they need when their weight is > 0
     pos_weight: float = 0.0  # BCE positive weight; 0 estimates #background/#foreground on the train set
     augment: bool = True  # albumentations augmentation of the train set
+    copy_paste: float = 0.0  # probability of pasting another train sample's person onto an item
     max_train_samples: int = 0  # 0 = all; a quick run or a test uses the first N (after a seeded shuffle)
     max_val_samples: int = 0  # 0 = all
+    val_sources: list[str] = dataclasses.field(default_factory=list)  # validate only on rows of these
+    # `source` names (e.g. [people-dev]: real photos, not composites); empty = every val row
     num_workers: int = 0  # DataLoader workers; 0 loads in the main process
     seed: int = 0  # torch, numpy and random seeds and the data order
     amp: bool = True  # mixed precision (bfloat16/float16 autocast); used only on CUDA
@@ -64,6 +69,10 @@ class TrainConfig:
         for name in ("size", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.copy_paste <= 1.0:
+            raise ConfigError(f"train.copy_paste is a probability in [0, 1], got {self.copy_paste}")
         for name in ("warmup_epochs", "max_train_samples", "max_val_samples", "num_workers", "plateau_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
@@ -94,6 +103,13 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
             raise ConfigError(f"train.{key} must be a mapping, got {type(value).__name__} {value!r}")
         _, value_type = typing.get_args(expected)
         return {str(k): _check_type(f"{key}.{k}", v, value_type) for k, v in value.items()}
+    if origin is list:
+        if isinstance(value, str):  # `val_sources=people-dev` on the command line: a one-item list
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"train.{key} must be a list, got {type(value).__name__} {value!r}")
+        (item_type,) = typing.get_args(expected)
+        return [_check_type(f"{key}[{index}]", item, item_type) for index, item in enumerate(value)]
     if expected is Any:
         return value
     if origin in (typing.Union, types.UnionType):

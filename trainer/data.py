@@ -15,6 +15,13 @@ An item is a dict of tensors at `size` x `size`:
   their geometry);
 - `id` (str).
 
+Copy-paste (`copy_paste` > 0, training only): with that probability the person of another
+sample of the same split is pasted onto the item at a random scale and place (Ghiasi et al.,
+"Simple Copy-Paste is a Strong Data Augmentation Method for Instance Segmentation", 2021). The
+mask becomes the union, so the scenes of real photos, people and clutter included, become
+backgrounds for other people. Synthetic composites put people on new backgrounds too, but
+only on the few a user has; this draws new pairs every epoch and never crosses splits.
+
 Resizing is a plain `Resize` to S x S, not letterbox (`LongestMaxSize` + `PadIfNeeded`): phone
 pipelines such as MediaPipe's selfie segmenter stretch the camera frame to the model's square
 input and stretch the mask back, so training sees what deployment feeds; and letterbox padding
@@ -33,12 +40,14 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -195,19 +204,33 @@ class SegmentationDataset(Dataset):
         with_edges: bool = True,
         with_teacher: bool = False,
         with_second_view: bool = False,
+        sources: Sequence[str] = (),
+        copy_paste: float = 0.0,
     ):
         self.split_dir = Path(split_dir)
         self.rows = read_split(self.split_dir, split)
+        if sources:  # e.g. validate on real photos only, leaving out the composites of val people
+            self.rows = [row for row in self.rows if row.get("source") in set(sources)]
         self.size = size
         self.with_edges = with_edges
         self.with_teacher = with_teacher
         self.with_second_view = with_second_view
         self.transforms = build_transforms(size, augment)
+        self.copy_paste = copy_paste
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.load(index)
+        if self.copy_paste > 0 and len(self.rows) > 1 and torch.rand(()).item() < self.copy_paste:
+            donor_index = int(torch.randint(0, len(self.rows) - 1, ()).item())
+            donor = self.load(donor_index + (donor_index >= index))  # any sample but this one
+            paste_person(item, donor, torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item())))
+        return item
+
+    def load(self, index: int) -> dict[str, Any]:
+        """The item of row `index`, transformed (see the module doc), without copy-paste."""
         row = self.rows[index]
         image = read_rgb(resolve(self.split_dir, row, "image"))
         shape = image.shape[:2]
@@ -244,6 +267,42 @@ class SegmentationDataset(Dataset):
         if self.with_second_view:
             item["image_b"] = torch.from_numpy(out["image_b"].transpose(2, 0, 1).copy())
         return item
+
+
+def paste_person(item: dict[str, Any], donor: dict[str, Any], generator: torch.Generator) -> None:
+    """Paste the person of `donor` onto `item` in place, at 50-100 % of its size and a random place.
+
+    The donor's mask is its alpha; the targets become what the composite shows: mask and teacher
+    the union, the edge band the item's band outside the pasted person plus the band around it.
+    """
+    size = item["mask"].shape[-1]
+    scale = 0.5 + 0.5 * torch.rand((), generator=generator).item()
+    side = max(8, round(size * scale))
+    top, left = (int(torch.randint(0, size - side + 1, (), generator=generator).item()) for _ in range(2))
+
+    def shrink(tensor: Tensor) -> Tensor:
+        return nn.functional.interpolate(tensor[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+
+    alpha = shrink(donor["mask"]).clamp(0, 1)
+    if not alpha.any():
+        return  # nobody in the donor: nothing to paste
+    region = (slice(None), slice(top, top + side), slice(left, left + side))
+
+    def blend(key: str, pasted: Tensor) -> None:
+        item[key][region] = alpha * pasted + (1 - alpha) * item[key][region]
+
+    blend("image", shrink(donor["image"]))
+    if "image_b" in item:
+        blend("image_b", shrink(donor.get("image_b", donor["image"])))
+    blend("mask", torch.ones_like(alpha))
+    if "teacher" in item:
+        blend("teacher", torch.ones_like(alpha))
+    if item["has_edge"]:
+        person = (alpha >= 0.5).float()
+        grown = nn.functional.max_pool2d(person[None], 5, stride=1, padding=2)[0]
+        shrunk = -nn.functional.max_pool2d(-person[None], 5, stride=1, padding=2)[0]
+        edge = item["edge"][region] * (1 - shrunk)  # the item's band stays where it is not covered
+        item["edge"][region] = torch.maximum(edge, grown - shrunk)  # and the pasted outline gets one
 
 
 def estimate_pos_weight(data: Dataset | DataLoader, max_items: int | None = None) -> float:

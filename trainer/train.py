@@ -29,7 +29,7 @@ import math
 import os
 import pickle
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
@@ -148,10 +149,16 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         with_edges=True,
         with_teacher=config.loss_weights.get("distillation", 0.0) > 0,
         with_second_view=config.loss_weights.get("consistency", 0.0) > 0,
+        copy_paste=config.copy_paste if config.augment else 0.0,
     )
-    val_set = SegmentationDataset(config.split_dir, "val", config.size, augment=False, with_edges=True)
+    val_set = SegmentationDataset(
+        config.split_dir, "val", config.size, augment=False, with_edges=True, sources=config.val_sources
+    )
     if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"{config.split_dir}: need train and val samples, found {len(train_set)} and {len(val_set)}")
+        sources = f" of sources {', '.join(config.val_sources)}" if config.val_sources else ""
+        raise ValueError(
+            f"{config.split_dir}: need train and val samples{sources}, found {len(train_set)} and {len(val_set)}"
+        )
     return (
         first_samples(train_set, config.max_train_samples, config.seed),
         first_samples(val_set, config.max_val_samples, config.seed),
@@ -249,13 +256,15 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     grad_clip: float = 0.0,
+    after_step: Callable[[], None] | None = None,
     description: str = "train",
     show_progress: bool = True,
 ) -> dict[str, float]:
     """One pass over `loader`; returns the sample-weighted mean of the loss and each part.
 
     `model` returns a dict of logits (see TrainingForward); `scheduler` is stepped per batch
-    (None for schedules that step per epoch).
+    (None for schedules that step per epoch); `after_step` runs after every optimizer step
+    (the weight average's update).
     """
     model.train()
     totals: dict[str, float] = {}
@@ -281,6 +290,8 @@ def train_one_epoch(
         scaler.update()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
 
         count = batch["image"].shape[0]
         seen += count
@@ -315,6 +326,21 @@ def evaluate(
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
+
+
+def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The update of an exponential moving average whose decay ramps up as min(decay, (1 + n) / (10 + n)).
+
+    A fixed 0.999 from the first step would keep 0.999^n of the random initial weights in the
+    average (still 64 % after 450 steps, a whole short run); the ramp (timm's ModelEmaV3 warm-up)
+    follows the weights closely early on and averages over ~1 / (1 - decay) steps later.
+    """
+
+    def update(averaged: torch.Tensor, current: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        rate = min(decay, (1.0 + float(steps)) / (10.0 + float(steps)))
+        return averaged + (current - averaged) * (1.0 - rate)
+
+    return update
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -442,12 +468,23 @@ def fit(
     # float16 autocast needs loss scaling; bfloat16 and float32 do not (the scaler is then a no-op).
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
 
+    # The weight average (EMA) is what is validated and saved as "model"; the raw weights that
+    # keep training go to "training_model" so that --resume continues both.
+    ema = AveragedModel(model, avg_fn=ema_with_warmup(config.ema_decay), use_buffers=True) if config.ema_decay > 0 else None
+    evaluated_model = ema.module if ema is not None else model
+
     start_epoch, best_iou, best_epoch, history = 0, -1.0, -1, []
     pos_weight = config.pos_weight
     last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
     if resume:
         state = load_checkpoint(last_path, map_location=device)
         restore_model(model, state, last_path, config.model, config.model_options)
+        if ema is not None:
+            if "training_model" not in state:
+                raise CheckpointError(f"{last_path} was trained without train.ema_decay; resume with the same setting")
+            ema.module.load_state_dict(state["model"])
+            ema.n_averaged.fill_(state["ema_steps"])
+            model.load_state_dict(state["training_model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -480,6 +517,7 @@ def fit(
                 amp=amp,
                 channels_last=channels_last,
                 grad_clip=config.grad_clip,
+                after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
                 description=f"epoch {epoch + 1}/{config.epochs}",
                 show_progress=show_progress,
             )
@@ -491,7 +529,7 @@ def fit(
                     dist.broadcast(buffer, src=0)
             # Every rank evaluates the whole (small) val set: identical numbers, no reduction needed.
             val_metrics = evaluate(
-                model, val_loader, device, amp=amp, channels_last=channels_last, show_progress=show_progress
+                evaluated_model, val_loader, device, amp=amp, channels_last=channels_last, show_progress=show_progress
             )
             if config.schedule == "plateau":
                 scheduler.step(val_metrics["iou"])
@@ -520,7 +558,8 @@ def fit(
                 "format": CHECKPOINT_FORMAT,
                 "model_name": config.model,
                 "model_options": dict(config.model_options),
-                "model": model.state_dict(),
+                "model": evaluated_model.state_dict(),
+                **({"training_model": model.state_dict(), "ema_steps": int(ema.n_averaged)} if ema is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
