@@ -1,0 +1,11 @@
+"""Export a trained checkpoint to deployable artefacts and check each one against PyTorch.
+
+One module per format (`onnx`, `tflite`, `tensorrt`), plus the pieces they share:
+
+- `graph`: the inference graph every artefact holds (uint8-range NHWC RGB in, probabilities out);
+- `calibration`: the calibration set int8 quantization needs (N train images, seeded);
+- `parity`: run an artefact on validation images and compare it with fp32 PyTorch;
+- `pipeline`: `export_checkpoint`, what `trainer export` calls.
+
+Artefacts are run on the CPU (or a GPU for TensorRT) through `trainer.runtime.open_runner`.
+"""

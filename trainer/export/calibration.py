@@ -1,0 +1,105 @@
+"""The calibration set of int8 quantization: N train images resized to the model's input, seeded.
+
+A pipeline artefact (stage `quantize`), written by `trainer calibration-set`:
+
+    <output>/samples.npy       (N, S, S, 3) uint8 RGB, resized as training resizes (plain resize)
+    <output>/calibration.json  split_dir, size, seed, count and the sample ids, in order
+
+The samples are drawn from the *train* split only (calibrating on validation images would let
+the parity check grade the quantizer on its own calibration data), without replacement, in an
+order fixed by the seed; fewer train rows than asked for gives all of them.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from datatool.progress import progress
+from datatool.split import resolve
+from trainer.data import read_rgb, read_split
+
+SAMPLES_FILE = "samples.npy"
+INFO_FILE = "calibration.json"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class CalibrationError(ValueError):
+    """A calibration set that is empty, unreadable or of the wrong kind, with what to do."""
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    split_dir: str
+    size: int
+    seed: int
+    count: int
+    ids: list[str]
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) -> (S, S, 3) as `trainer.data` resizes: area when shrinking, bilinear when enlarging."""
+    shrinking = image.shape[0] * image.shape[1] > size * size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def draw_train_samples(split_dir: Path, count: int, size: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """`count` seeded train images of `split_dir` at `size` x `size`: ((N, S, S, 3) uint8, ids)."""
+    try:
+        rows = read_split(split_dir, "train")
+    except (FileNotFoundError, ValueError) as error:
+        raise CalibrationError(f"calibration set from {split_dir}: {error}") from error
+    order = np.random.default_rng(seed).permutation(len(rows))[: max(count, 0)]
+    chosen = [rows[index] for index in sorted(order)]
+    if not chosen:
+        raise CalibrationError(f"calibration set from {split_dir} is empty (count {count}); ask for at least one image")
+    images = [resize_image(read_rgb(resolve(split_dir, row)), size) for row in progress(chosen, desc="calibration")]
+    return np.stack(images), [str(row.get("id", index)) for index, row in enumerate(chosen)]
+
+
+def write_calibration_set(split_dir: Path, output: Path, count: int, size: int, seed: int = 0) -> CalibrationInfo:
+    """Write `count` seeded train images of `split_dir` to `output` (see the module doc)."""
+    samples, ids = draw_train_samples(Path(split_dir), count, size, seed)
+    output.mkdir(parents=True, exist_ok=True)
+    np.save(output / SAMPLES_FILE, samples)
+    info = CalibrationInfo(split_dir=str(split_dir), size=size, seed=seed, count=len(ids), ids=ids)
+    (output / INFO_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    return info
+
+
+def load_calibration(source: Path, size: int, count: int = 64, seed: int = 0) -> np.ndarray:
+    """(N, S, S, 3) uint8 calibration samples from `source`, resized to `size` where needed.
+
+    `source` is a folder written by `write_calibration_set` (samples.npy), a split folder
+    (train.jsonl: `count` images are drawn with `seed`) or a plain folder of images.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise CalibrationError(
+            f"calibration set {source} is not a folder; give a split folder or `trainer calibration-set` output"
+        )
+    if (source / SAMPLES_FILE).is_file():
+        try:
+            samples = np.load(source / SAMPLES_FILE, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise CalibrationError(
+                f"{source / SAMPLES_FILE} is unreadable ({error}); write it again with `trainer calibration-set`"
+            ) from error
+        if samples.ndim != 4 or samples.shape[-1] != 3 or samples.dtype != np.uint8:
+            raise CalibrationError(
+                f"{source / SAMPLES_FILE} holds {samples.dtype} {samples.shape}, not (N, S, S, 3) uint8 images"
+            )
+        images = list(samples)
+    elif (source / "train.jsonl").is_file():
+        return draw_train_samples(source, count, size, seed)[0]
+    else:
+        files = sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        images = [read_rgb(path) for path in files]
+    if not images:
+        raise CalibrationError(
+            f"calibration set {source} is empty: no samples.npy, train.jsonl or images; "
+            "write one with `trainer calibration-set --split-dir SPLIT --output DIR`"
+        )
+    return np.stack([image if image.shape[:2] == (size, size) else resize_image(image, size) for image in images])

@@ -1,0 +1,232 @@
+"""`export_checkpoint`: one checkpoint -> one artefact (format + precision) -> its parity report.
+
+    export_checkpoint(checkpoint, "tflite", "int8", output_dir, params, calibration=...)
+      ├─ refuse an unsupported format / precision pair (before any work)
+      ├─ load the checkpoint (CheckpointError for damaged or foreign files)
+      ├─ build the artefact (int8: calibration samples from --calibration or the train split)
+      ├─ run it and fp32 PyTorch on the validation photos -> parity numbers (trainer.export.parity)
+      └─ write <output_dir>/<format>-<precision>.json next to <format>-<precision>.<suffix>
+
+The `export:` section of params.yaml (`ExportParams`) sets the allowed IoU drop, how many
+validation and calibration images to use, the seed, threads and latency runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.export import tensorrt
+from trainer.export.calibration import load_calibration
+from trainer.export.parity import compare, load_validation
+from trainer.runtime import open_runner
+from trainer.train import load_model
+
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "onnx": ("fp32", "int8"),
+    "tflite": ("fp32", "fp16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
+
+
+class ExportError(ValueError):
+    """An export that cannot run as asked (unsupported pair, missing validation split, bad params)."""
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    max_iou_drop: float = 0.01  # an artefact may lose at most this much validation IoU against fp32 PyTorch
+    validation_images: int = 32  # parity is checked on the first N rows of val.jsonl
+    calibration_images: int = 64  # int8 calibration samples drawn from the train split
+    seed: int = 0  # which train images calibrate
+    threads: int = 2  # CPU threads of every runtime (parity and latency)
+    latency_runs: int = 20  # timed batch-1 runs per artefact (0 skips timing)
+
+
+def load_export_params(path: Path | None) -> ExportParams:
+    """The `export:` section of a params file (defaults when absent); unknown keys and wrong types are errors."""
+    if path is None:
+        return ExportParams()
+    section = (yaml.safe_load(Path(path).read_text()) or {}).get("export") or {}
+    known = {field.name: field for field in fields(ExportParams)}
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise ExportError(f"{path}: unknown export key(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    values = {}
+    for name, value in section.items():
+        kind = float if known[name].type == "float" else int
+        wrong_type = isinstance(value, bool) or not isinstance(value, int if kind is int else int | float)
+        if wrong_type:
+            raise ExportError(f"{path}: export.{name} must be {kind.__name__}, got {type(value).__name__}")
+        values[name] = kind(value)
+    return ExportParams(**values)
+
+
+def supported_pairs() -> str:
+    return ", ".join(f"{fmt} {precision}" for fmt, precisions in SUPPORTED.items() for precision in precisions)
+
+
+def check_supported(fmt: str, precision: str) -> None:
+    if precision not in SUPPORTED.get(fmt, ()):
+        raise ExportError(f"unsupported format/precision {fmt} {precision}; supported: {supported_pairs()}")
+
+
+@dataclass
+class ExportResult:
+    name: str  # e.g. "tflite-int8"
+    artefact: Path | None  # None when it could not be built here (TensorRT without CUDA)
+    report: dict[str, Any]
+    report_path: Path
+
+    @property
+    def status(self) -> str:
+        return self.report["status"]
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    fmt: str,
+    precision: str,
+    output_dir: Path,
+    params: ExportParams | None = None,
+    calibration: Path | None = None,
+    validation: Path | None = None,
+    size: int | None = None,
+) -> ExportResult:
+    """Build `fmt`/`precision` from `checkpoint` into `output_dir` and check it (see the module doc).
+
+    `size` is the artefact's input side (default: the training size; the students are fully
+    convolutional, so e.g. a 160 px student exports at 256 to run where a 256 px model does).
+    """
+    check_supported(fmt, precision)
+    params = params or ExportParams()
+    model, state = load_model(checkpoint)
+    size = size or int(state["config"]["size"])
+    name = f"{fmt}-{precision}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    artefact = output_dir / f"{name}{SUFFIX[fmt]}"
+    base = {
+        "artefact": name,
+        "format": fmt,
+        "precision": precision,
+        "checkpoint": str(checkpoint),
+        "model": state["model_name"],
+        "input_size": size,
+    }
+    report_path = output_dir / f"{name}.json"
+
+    # Checked before any work: the parity check needs the validation split (a TensorRT engine that
+    # cannot be built here is never run, so it does not).
+    validation_dir = validation or Path(state["config"]["split_dir"])
+    runs_here = fmt != "tensorrt" or tensorrt.unavailable_reason() is None
+    if runs_here and not (validation_dir / "val.jsonl").is_file():
+        raise ExportError(
+            f"no validation split at {validation_dir} (val.jsonl) for the parity check; "
+            "pass --validation SPLIT_DIR (a `datatool split` output)"
+        )
+
+    samples = None
+    if precision == "int8":
+        source = calibration or Path(state["config"]["split_dir"])
+        samples = load_calibration(source, size, params.calibration_images, params.seed)
+        base["calibration"] = {"source": str(source), "images": len(samples)}
+
+    if fmt == "tensorrt":
+        built = build_tensorrt(model, size, precision, artefact, samples, checkpoint, output_dir, base)
+        if built is not None:
+            report_path.write_text(json.dumps(built, indent=2) + "\n")
+            return ExportResult(name, None, built, report_path)
+    else:
+        build_artefact(model, size, fmt, precision, artefact, samples)
+
+    images = load_validation(validation_dir, size, params.validation_images)
+    reference = open_runner(checkpoint, params.threads, size=size).predict(images.images)
+    runner = open_runner(artefact, params.threads)
+    parity = compare(runner, reference, images, params.max_iou_drop, params.latency_runs)
+    report = {
+        **base,
+        "file": artefact.name,
+        "backend": runner.backend,
+        "size_bytes": artefact.stat().st_size,
+        "threads": params.threads,
+        **parity,
+        "status": "passed" if parity["passed"] else "failed",
+    }
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return ExportResult(name, artefact, report, report_path)
+
+
+def build_artefact(model, size: int, fmt: str, precision: str, artefact: Path, samples) -> None:
+    from trainer.export import onnx as onnx_export
+    from trainer.export import tflite
+
+    if fmt == "onnx" and precision == "fp32":
+        onnx_export.export_onnx(model, size, artefact)
+    elif fmt == "onnx" and precision == "int8":
+        fp32 = artefact.with_name(artefact.stem + ".fp32-tmp.onnx")
+        try:
+            onnx_export.export_onnx(model, size, fp32)
+            onnx_export.quantize_onnx_int8(fp32, samples, artefact)
+        finally:
+            fp32.unlink(missing_ok=True)
+    elif fmt == "tflite" and precision == "fp32":
+        tflite.export_tflite(model, size, artefact)
+    elif fmt == "tflite" and precision == "fp16":
+        tflite.export_tflite_fp16(model, size, artefact)
+    elif fmt == "tflite" and precision == "int8":
+        tflite.export_tflite_int8(model, size, samples, artefact)
+
+
+def build_tensorrt(
+    model, size: int, precision: str, artefact: Path, samples, checkpoint: Path, output_dir: Path, base: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Write the engine's ONNX input; build the engine when possible, else return the "not verified" report."""
+    from trainer.export import onnx as onnx_export
+
+    # In a subfolder: the export folder's top level holds only artefacts to evaluate, and this
+    # ONNX file is the same graph as onnx-fp32 / onnx-int8, only the engine's build input.
+    onnx_path = output_dir / "tensorrt" / artefact.with_suffix(".onnx").name
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    if precision == "int8":
+        fp32 = artefact.with_name(artefact.stem + ".fp32-tmp.onnx")
+        try:
+            onnx_export.export_onnx(model, size, fp32)
+            onnx_export.quantize_onnx_int8(fp32, samples, onnx_path)
+        finally:
+            fp32.unlink(missing_ok=True)
+    else:
+        onnx_export.export_onnx(model, size, onnx_path)
+    reason = tensorrt.unavailable_reason()
+    if reason is None:
+        artefact.with_suffix(".json").write_text(json.dumps({**base, "status": "building"}) + "\n")
+        tensorrt.build_engine(onnx_path, artefact, precision)
+        return None
+    artefact.unlink(missing_ok=True)  # never leave an engine that this run did not build
+    return {
+        **base,
+        "onnx": str(onnx_path),
+        "status": f"not verified here: {reason}",
+        "commands": tensorrt.build_commands(onnx_path, artefact, precision, checkpoint, output_dir),
+    }
+
+
+def summary_line(result: ExportResult) -> str:
+    """One line per artefact for the terminal."""
+    report = result.report
+    if result.artefact is None:
+        return f"{result.name}: {report['status']}; build it with: {report['commands'][0]}"
+    latency = f", {report['latency_ms']:.1f} ms" if report.get("latency_ms") is not None else ""
+    return (
+        f"{result.name}: {report['status']} - max |dp| {report['max_abs_diff']:.2e}, IoU {report['iou']:.4f} vs "
+        f"{report['reference_iou']:.4f} fp32 (drop {report['iou_drop']:+.4f}, allowed {report['max_iou_drop']}), "
+        f"{report['size_bytes'] / 1e6:.2f} MB{latency} -> {result.artefact}"
+    )

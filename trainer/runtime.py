@@ -1,0 +1,245 @@
+"""One interface to run any artefact: a checkpoint, an ONNX model, a TFLite model or a TensorRT engine.
+
+    runner = open_runner(Path("models/blazeseg/export/tflite-int8.tflite"), threads=2)
+    probabilities = runner.predict(images)   # (N, S, S, 3) uint8 RGB -> (N, S, S) float32 in [0, 1]
+
+Every exported artefact holds `trainer.export.graph.InferenceGraph`: it takes the resized photo
+as (1, S, S, 3) float32 0..255 and does the ImageNet normalisation, the layout change and the
+sigmoid itself, so a runner only casts to float and loops over the batch (artefacts have a
+static batch of 1, which is also what latency is measured at). A checkpoint is wrapped in the
+same graph, so all backends see identical preprocessing.
+
+The backend is picked by suffix: `.pt` (PyTorch), `.onnx` (ONNX Runtime), `.tflite` (LiteRT),
+`.engine` (TensorRT, imported only when such a file is opened; needs a CUDA device).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+BACKEND_BY_SUFFIX = {".pt": "pytorch", ".onnx": "onnxruntime", ".tflite": "litert", ".engine": "tensorrt"}
+# ONNX metadata_props keys the exporter writes (ONNX Runtime reads them back as custom metadata).
+PRECISION_KEY = "portraitseg.precision"
+
+
+class RunnerError(RuntimeError):
+    """An artefact that cannot be opened or run, with the file and what to do."""
+
+
+class Runner:
+    """Runs one artefact on batches of resized RGB photos; subclasses implement `predict_one`."""
+
+    backend: str = ""
+
+    def __init__(self, path: Path, precision: str, input_size: int):
+        self.path = Path(path)
+        self.precision = precision
+        self.input_size = input_size
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB, already resized to S -> (N, S, S) float32 person probabilities."""
+        images = np.asarray(images)
+        size = self.input_size
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise RunnerError(
+                f"{self.path} takes (N, {size}, {size}, 3) RGB images, got {images.shape}; "
+                f"resize to {size}x{size} first"
+            )
+        out = np.empty((len(images), size, size), np.float32)
+        for index, image in enumerate(images):
+            batch = np.ascontiguousarray(image[None], dtype=np.float32)  # (1, S, S, 3) 0..255
+            out[index] = np.asarray(self.predict_one(batch), np.float32).reshape(size, size)
+        return np.clip(out, 0.0, 1.0)
+
+    def predict_one(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path}, {self.backend} {self.precision}, {self.input_size}px)"
+
+
+class PyTorchRunner(Runner):
+    backend = "pytorch"
+
+    def __init__(self, path: Path, threads: int, size: int | None = None):
+        import torch
+
+        from trainer.export.graph import build_inference_graph
+        from trainer.train import CheckpointError, load_model
+
+        try:
+            model, state = load_model(path)
+        except CheckpointError as error:
+            raise RunnerError(str(error)) from error
+        # The students are fully convolutional: a checkpoint runs at any side, its training size by default.
+        super().__init__(path, "fp32", size or int(state["config"]["size"]))
+        torch.set_num_threads(threads)
+        self.graph = build_inference_graph(model)
+        self.torch = torch
+
+    def predict_one(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.graph(self.torch.from_numpy(batch)).numpy()
+
+
+class OnnxRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own Fail/InvalidProtobuf types, not a common base
+            raise RunnerError(
+                f"{path} is not a readable ONNX model ({error}); export it again with `trainer export`"
+            ) from error
+        self.input = self.session.get_inputs()[0]
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        super().__init__(path, metadata.get(PRECISION_KEY, "fp32"), static_side(path, self.input.shape))
+
+    def predict_one(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input.name: batch})[0]
+
+
+class LiteRTRunner(Runner):
+    backend = "litert"
+
+    def __init__(self, path: Path, threads: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise RunnerError(
+                f"{path} is not a readable TFLite model ({error}); export it again with `trainer export`"
+            ) from error
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        super().__init__(path, tflite_precision(self.interpreter), static_side(path, self.input["shape"]))
+
+    def predict_one(self, batch: np.ndarray) -> np.ndarray:
+        # A fully int8 model takes and gives quantized tensors: (q - zero_point) * scale = value.
+        self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
+        self.interpreter.invoke()
+        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+class TensorRTRunner(Runner):
+    """A serialized engine run with the TensorRT Python API; buffers are torch CUDA tensors."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: Path, threads: int):
+        try:
+            import tensorrt as trt
+        except ImportError as error:
+            raise RunnerError(
+                f"{path}: running a TensorRT engine needs the `tensorrt` package and a CUDA device"
+            ) from error
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RunnerError(f"{path}: running a TensorRT engine needs a CUDA device; none is visible")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise RunnerError(
+                f"{path} is not an engine this TensorRT {trt.__version__} can load; build it again on this machine"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {name: self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
+        self.input_name = next(name for name in names if is_input[name])
+        self.output_name = next(name for name in names if not is_input[name])
+        input_shape = tuple(self.engine.get_tensor_shape(self.input_name))
+        output_shape = tuple(self.engine.get_tensor_shape(self.output_name))
+        sidecar = Path(path).with_suffix(".json")
+        precision = json.loads(sidecar.read_text()).get("precision", "fp32") if sidecar.is_file() else "fp32"
+        super().__init__(path, precision, static_side(path, input_shape))
+        self.torch = torch
+        self.device_input = torch.empty(input_shape, dtype=torch.float32, device="cuda")
+        self.device_output = torch.empty(output_shape, dtype=torch.float32, device="cuda")
+        self.context.set_tensor_address(self.input_name, self.device_input.data_ptr())
+        self.context.set_tensor_address(self.output_name, self.device_output.data_ptr())
+        self.stream = torch.cuda.Stream()
+
+    def predict_one(self, batch: np.ndarray) -> np.ndarray:
+        self.device_input.copy_(self.torch.from_numpy(batch))
+        self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return self.device_output.cpu().numpy()
+
+
+RUNNERS: dict[str, type[Runner]] = {
+    ".pt": PyTorchRunner,
+    ".onnx": OnnxRunner,
+    ".tflite": LiteRTRunner,
+    ".engine": TensorRTRunner,
+}
+
+
+def open_runner(path: str | Path, threads: int = 2, size: int | None = None) -> Runner:
+    """The runner for `path`, chosen by its suffix (.pt, .onnx, .tflite, .engine).
+
+    `size` sets a checkpoint's input side (default: its training size); exported files have
+    the static side they were built with.
+    """
+    path = Path(path)
+    if path.suffix not in RUNNERS:
+        raise RunnerError(f"{path}: unsupported artefact type {path.suffix!r}; expected one of {', '.join(RUNNERS)}")
+    if not path.is_file():
+        raise RunnerError(f"no artefact at {path}; train or export it first")
+    if path.suffix == ".pt":
+        return PyTorchRunner(path, threads, size)
+    runner = RUNNERS[path.suffix](path, threads)
+    if size is not None and size != runner.input_size:
+        raise RunnerError(f"{path} was built for {runner.input_size}x{runner.input_size} inputs, not {size}; export it again at {size}")
+    return runner
+
+
+def static_side(path: Path, shape) -> int:
+    """S from a static (1, S, S, 3) input shape; anything else is not one of our artefacts."""
+    shape = tuple(shape)
+    square = len(shape) == 4 and shape[0] == 1 and shape[3] == 3 and shape[1] == shape[2]
+    if not square or not isinstance(shape[1], int | np.integer):  # a str dimension is dynamic
+        raise RunnerError(
+            f"{path} has input shape {shape}; expected (1, S, S, 3) as `trainer export` writes (export it again)"
+        )
+    return int(shape[1])
+
+
+def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """Float values -> the tensor's dtype (unchanged for float tensors)."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(dtype, np.integer) or not scale:
+        return values.astype(dtype)
+    limits = np.iinfo(dtype)
+    return np.clip(np.round(values / scale) + zero_point, limits.min, limits.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(values.dtype, np.integer) or not scale:
+        return values.astype(np.float32)
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def tflite_precision(interpreter) -> str:
+    """int8 when any tensor is 8-bit quantized, fp16 when float16 constants hold the weights, else fp32."""
+    dtypes = {np.dtype(detail["dtype"]) for detail in interpreter.get_tensor_details()}
+    if np.dtype(np.int8) in dtypes or np.dtype(np.uint8) in dtypes:
+        return "int8"
+    if np.dtype(np.float16) in dtypes:
+        return "fp16"
+    return "fp32"
