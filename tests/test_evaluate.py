@@ -1,0 +1,282 @@
+"""`trainer evaluate`: the metric functions on hand-made cases, MAC counting, and the command end to end.
+
+The end-to-end runs use a tiny split (48x40 photos of a warm blob on a cool noisy background),
+a three-layer model registered for the test only, trained for a few epochs at 32 px, and its
+ONNX export, so each run takes a few seconds.
+"""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+
+from export_fixtures import write_blob
+from trainer.cli import main
+from trainer.complexity import count_macs, count_parameters
+from trainer.config import build_train_config
+from trainer.evaluate import (
+    EvaluateConfig,
+    EvaluationError,
+    QualityMetrics,
+    build_evaluate_config,
+    discover_artefacts,
+    evaluate,
+    expand_artefacts,
+    measure_latency,
+    model_name_of,
+)
+from trainer.models import MODELS, SegmentationModel
+from trainer.train import fit, load_model
+
+TINY = "tiny_evaluate_segmenter"
+
+
+class TinySegmenter(SegmentationModel):
+    output_stride = 1
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.head = nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def tiny_evaluate_segmenter(**options) -> SegmentationModel:
+    return TinySegmenter(**options)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """Register the tiny model for this module's tests (the registry is restored afterwards)."""
+    from trainer.models import list_models
+
+    list_models()  # load the real families first, so they do not register over the patch
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(MODELS, TINY, tiny_evaluate_segmenter)
+        yield TINY
+
+
+write_sample = write_blob  # a blob "person" on a noisy background (tests/export_fixtures.py)
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("split")
+    for split, count, offset in (("train", 8, 0), ("val", 3, 100), ("test", 4, 200)):
+        rows = [{**write_sample(root / "blobs", f"{split}{i}", offset + i), "split": split} for i in range(count)]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, split_dir, tiny_model) -> Path:
+    """models/tiny/best.pt (a short real training run) and models/tiny/export/tiny.onnx."""
+    config = build_train_config(
+        {"model": TINY, "split_dir": str(split_dir), "size": 32, "epochs": 3, "batch_size": 4, "lr": 0.02,
+         "augment": False, "loss_weights": {"bce": 1.0, "dice": 1.0}}
+    )  # fmt: skip
+    root = tmp_path_factory.mktemp("models")
+    run = root / "tiny"
+    fit(config, run, show_progress=False)
+    from trainer.export.graph import build_inference_graph, example_input
+
+    model, _ = load_model(run / "best.pt")
+    (run / "export").mkdir()
+    torch.onnx.export(
+        build_inference_graph(model), (example_input(32),), str(run / "export" / "tiny.onnx"), opset_version=17,
+        dynamo=False, input_names=["image"], output_names=["probability"],
+    )  # fmt: skip
+    return root
+
+
+def quick_params(tmp_path: Path, **changes) -> Path:
+    section = {"warmup": 1, "repeats": 3, "reference": "", "overlay_images": 2, **changes}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"evaluate": section}))
+    return path
+
+
+# --- metrics on hand-made cases --------------------------------------------------------------
+
+
+def square_mask() -> np.ndarray:
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 255  # 100 person pixels of 400
+    return mask
+
+
+def test_perfect_prediction_scores_one():
+    mask = square_mask()
+    metrics = QualityMetrics(boundary_width=1)
+    metrics.update(mask / 255.0, mask)
+    assert metrics.compute() == {"iou": 1.0, "miou": 1.0, "boundary_f": 1.0, "pixel_accuracy": 1.0, "alpha_mae": 0.0}
+
+
+def test_all_background_prediction_scores_zero_iou_and_known_accuracy():
+    mask = square_mask()
+    metrics = QualityMetrics(boundary_width=1)
+    metrics.update(np.zeros(mask.shape, np.float32), mask)
+    result = metrics.compute()
+    assert result["iou"] == 0.0 and result["boundary_f"] == 0.0
+    assert result["pixel_accuracy"] == pytest.approx(300 / 400)
+    assert result["miou"] == pytest.approx((0.0 + 300 / 400) / 2)  # background IoU = 300 / 400
+    assert result["alpha_mae"] == pytest.approx(100 / 400)
+
+
+def test_half_overlap_and_soft_probabilities():
+    mask = square_mask()
+    probability = np.zeros(mask.shape, np.float32)
+    probability[5:15, 10:20] = 0.75  # 50 of the person's pixels plus 50 background pixels
+    metrics = QualityMetrics(boundary_width=1)
+    metrics.update(probability, mask)
+    result = metrics.compute()
+    assert result["iou"] == pytest.approx(50 / 150)
+    assert result["pixel_accuracy"] == pytest.approx(300 / 400)
+    # |0.75 - 1| on 50 px, |0.75 - 0| on 50 px, |0 - 1| on 50 px
+    assert result["alpha_mae"] == pytest.approx((50 * 0.25 + 50 * 0.75 + 50 * 1.0) / 400)
+    assert 0.0 < result["boundary_f"] < 1.0
+    with pytest.raises(ValueError, match="differ in size"):
+        metrics.update(probability[:10], mask)
+
+
+def test_macs_are_counted_per_layer():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten(),
+                          nn.Linear(8 * 16 * 16, 10))  # fmt: skip
+    expected = 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 9 + 8 * 16 * 16 * 10
+    assert count_macs(model, 16) == expected
+    assert count_parameters(model) == (8 * 27 + 8) + (8 * 9 + 8) + (2048 * 10 + 10)
+    transposed = nn.ConvTranspose2d(4, 2, 2, stride=2)
+    assert count_macs(nn.Sequential(nn.Conv2d(3, 4, 1), transposed), 8) == 8 * 8 * 4 * 3 + 8 * 8 * 4 * 2 * 4
+
+
+def test_latency_median_and_p90():
+    latency = measure_latency(lambda: sum(range(1000)), warmup=2, repeats=20)
+    assert 0 < latency["latency_ms"] <= latency["latency_p90_ms"]
+
+
+def test_config_rejects_unknown_keys_and_wrong_types():
+    assert build_evaluate_config({"threads": 4}, {"threads": None, "max_images": 3}) == EvaluateConfig(
+        threads=4, max_images=3
+    )
+    with pytest.raises(EvaluationError, match="unknown evaluate key"):
+        build_evaluate_config({"thread": 2})
+    with pytest.raises(EvaluationError, match="evaluate.repeats must be int"):
+        build_evaluate_config({"repeats": "many"})
+    with pytest.raises(EvaluationError, match="at least 1"):
+        build_evaluate_config({"threads": 0})
+
+
+# --- artefacts and the command ---------------------------------------------------------------
+
+
+def test_discovery_follows_the_models_layout(models_dir):
+    found = discover_artefacts(models_dir)
+    assert [path.relative_to(models_dir).as_posix() for path in found] == ["tiny/best.pt", "tiny/export/tiny.onnx"]
+    assert expand_artefacts([models_dir / "tiny"]) == found
+    assert {model_name_of(path) for path in found} == {"tiny"}
+
+
+def test_evaluate_command_writes_every_report(tmp_path, split_dir, models_dir):
+    output = tmp_path / "reports"
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--models-dir", str(models_dir), "--split", str(split_dir), "--output", str(output),
+         "--params", str(quick_params(tmp_path)), "--threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    pytorch, onnx = metrics["tiny"]["pytorch-fp32"], metrics["tiny"]["onnxruntime-fp32"]
+    assert pytorch["iou"] > 0.3 and abs(pytorch["iou"] - onnx["iou"]) < 1e-3
+    assert pytorch["input_size"] == 32 and pytorch["params"] == onnx["params"] > 0
+    assert pytorch["macs"] == count_macs(load_model(models_dir / "tiny" / "best.pt")[0], 32)
+    assert set(pytorch) >= {"miou", "boundary_f", "pixel_accuracy", "alpha_mae", "latency_ms", "latency_p90_ms", "file_mb"}
+    points = json.loads((output / "plots" / "latency_vs_iou.json").read_text())
+    assert {point["artefact"] for point in points} == {"tiny/pytorch-fp32", "tiny/onnxruntime-fp32"}
+    grid = cv2.imread(str(output / "overlays.png"))
+    assert grid.shape[1] == 160 * 4 and grid.shape[0] > 2 * 100  # input, truth, 2 predictions; header + 2 rows
+    leaderboard = (output / "leaderboard.md").read_text()
+    assert "| tiny | pytorch-fp32 | 32x32 |" in leaderboard and leaderboard in result.output
+    assert "4 images of the `test` split" in leaderboard
+
+
+def test_mediapipe_reference_is_evaluated_beside_the_students(tmp_path, split_dir, models_dir):
+    from datatool.models import ModelMissingError, model_path
+
+    try:
+        model_path("mediapipe-selfie")
+    except ModelMissingError as error:
+        pytest.skip(f"the MediaPipe model file is not cached here: {error}")
+    config = EvaluateConfig(warmup=1, repeats=3, threads=1, overlay_images=1)
+    result = evaluate([models_dir / "tiny" / "best.pt"], split_dir, config)
+    reference = next(row for row in result.rows if row["reference"])
+    assert (reference["model"], reference["backend"], reference["input_size"]) == ("mediapipe-selfie", "litert-fp32", 256)
+    assert 0.0 <= reference["iou"] <= 1.0 and reference["latency_ms"] > 0 and reference["latency_ratio"] == 1.0
+    assert result.speed["student"] == "tiny/pytorch-fp32"
+    assert result.speed["latency_ratio"] == pytest.approx(result.rows[0 if not result.rows[0]["reference"] else 1]["latency_ratio"])
+
+    from trainer.evaluation_report import render_leaderboard
+
+    text = render_leaderboard(result)
+    assert "**mediapipe-selfie** (reference)" in text
+    assert "latency ratio tiny/pytorch-fp32 / mediapipe-selfie at 32x32 vs 256x256" in text
+
+
+def test_clear_errors(tmp_path, split_dir, models_dir):
+    runner = CliRunner()
+    params = str(quick_params(tmp_path))
+    empty_models = tmp_path / "no-models"
+    empty_models.mkdir()
+    result = runner.invoke(main, ["evaluate", "--models-dir", str(empty_models), "--split", str(split_dir), "--params", params])
+    assert result.exit_code != 0 and "no artefacts to evaluate" in result.output
+
+    empty_split = tmp_path / "empty-split"
+    empty_split.mkdir()
+    (empty_split / "test.jsonl").write_text("")
+    result = runner.invoke(main, ["evaluate", "--models-dir", str(models_dir), "--split", str(empty_split), "--params", params])
+    assert result.exit_code != 0 and "lists no images" in result.output
+
+    missing_image = tmp_path / "missing-image"
+    missing_image.mkdir()
+    row = {"id": "gone", "set": str(split_dir / "blobs"), "image": "images/gone.jpg", "mask": "masks/gone.png"}
+    (missing_image / "test.jsonl").write_text(json.dumps(row) + "\n")
+    result = runner.invoke(main, ["evaluate", "--models-dir", str(models_dir), "--split", str(missing_image), "--params", params])
+    assert result.exit_code != 0 and "cannot read image" in result.output and "gone.jpg" in result.output
+
+    corrupt = tmp_path / "broken" / "best.pt"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"not a checkpoint")
+    result = runner.invoke(main, ["evaluate", "--artefact", str(corrupt), "--split", str(split_dir), "--params", params])
+    assert result.exit_code != 0 and f"cannot evaluate {corrupt}" in result.output
+
+    result = runner.invoke(main, ["evaluate", "--artefact", str(tmp_path / "nope.onnx"), "--split", str(split_dir)])
+    assert result.exit_code != 0 and "does not exist" in result.output
+
+    # A reference whose model file is not in the cache names the command that fetches it.
+    with_reference = str(quick_params(tmp_path, reference="mediapipe-selfie"))
+    result = runner.invoke(
+        main,
+        ["evaluate", "--models-dir", str(models_dir), "--split", str(split_dir), "--params", with_reference,
+         "--model-cache", str(tmp_path / "empty-cache"), "--output", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "datatool models fetch mediapipe-selfie" in result.output
+
+
+def test_engine_without_cuda_is_reported_not_verified(tmp_path, split_dir, models_dir):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the engine path is then a real TensorRT run")
+    engine = tmp_path / "export" / "tiny-fp16.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"an engine built elsewhere")
+    config = EvaluateConfig(warmup=1, repeats=3, threads=1, reference="", overlay_images=1)
+    result = evaluate([models_dir / "tiny" / "best.pt", engine], split_dir, config)
+    assert [row["backend"] for row in result.rows] == ["pytorch-fp32"]
+    assert len(result.not_verified) == 1 and "not verified here" in result.not_verified[0]
+    assert str(engine) in result.not_verified[0]
