@@ -3,9 +3,10 @@
 Rules, in order:
 
 1. **Exclusions.** Samples whose id is in the exclusions file are left out (counted and
-   listed in the report; ids found in no input are listed as not found). The file is JSON:
-   a list of ids, or an object with an `ids` list (what label QA writes); other keys of the
-   object are ignored.
+   listed in the report with their reason; ids found in no input are listed as not found).
+   The file is JSON: a list of ids, or an object with an `ids` list (what label QA writes,
+   `datatool qa sync`); its `samples` entries, if any, give each id's QA tag, reported as
+   "excluded in QA: <tag>"; other keys of the object are ignored.
 2. **Groups stay whole.** `group` is what must not be split (the photo behind its
    composites: synth gives a composite its foreground's group; the person of a series).
    Every row of a group lands in the same split.
@@ -94,15 +95,28 @@ def read_exclusions(path: Path) -> list[str]:
     return ids
 
 
+def read_exclusion_reasons(path: Path) -> dict[str, str]:
+    """Sample id -> why it is excluded: "excluded in QA: <tag>" from label QA's `samples`, else "excluded by list"."""
+    ids = read_exclusions(path)
+    data = json.loads(Path(path).read_text())
+    tags = {}
+    if isinstance(data, dict) and isinstance(data.get("samples"), list):
+        tags = {entry["id"]: entry["tag"] for entry in data["samples"] if isinstance(entry, dict) and "id" in entry and "tag" in entry}
+    return {sample_id: f"excluded in QA: {tags[sample_id]}" if sample_id in tags else "excluded by list" for sample_id in ids}
+
+
 def resolve(split_dir: Path, row: dict[str, Any], field: str = "image") -> Path:
     """The file a split row names in `field` (image, mask, edge, ...)."""
     return Path(split_dir) / row["set"] / row[field]
 
 
 def split_sets(
-    inputs: list[Path], output: Path, options: SplitOptions | None = None, *, exclusions: list[str] | None = None
+    inputs: list[Path], output: Path, options: SplitOptions | None = None, *, exclusions: list[str] | dict[str, str] | None = None
 ) -> SplitResult:
-    """Write train/val/test manifests over the canonical sets `inputs` into `output` (see the module doc)."""
+    """Write train/val/test manifests over the canonical sets `inputs` into `output` (see the module doc).
+
+    `exclusions` are sample ids, or a mapping id -> reason (`read_exclusion_reasons`) for the report.
+    """
     options = options or SplitOptions()
     sets = [Path(set_dir).expanduser() for set_dir in inputs]
     if not sets:
@@ -113,6 +127,7 @@ def split_sets(
     output = Path(output).expanduser()
     output.mkdir(parents=True, exist_ok=True)
     excluded_ids = set(exclusions or [])
+    reasons = exclusions if isinstance(exclusions, dict) else {}
     report = Report()
 
     # Pass 1: each group's official splits (excluded and duplicate rows do not count).
@@ -160,6 +175,7 @@ def split_sets(
         "per_source": {source: with_all_splits(tally) for source, tally in sorted(per_source.items())},
         "per_set": {set_dir: with_all_splits(tally) for set_dir, tally in per_set.items()},
         "excluded": {"count": len(excluded_found), "ids": sorted(found)},
+        "excluded_samples": [{"id": sample_id, "reason": reasons.get(sample_id, "excluded by list")} for sample_id in sorted(found)],
         "exclusions_not_found": sorted(excluded_ids - found),
         "official_split_conflicts": conflicts,
     }
@@ -224,4 +240,6 @@ class SplitWriters:
                 temporary.unlink(missing_ok=True)
 
 
-__all__ = ["SPLITS", "SplitOptions", "SplitResult", "hashed_split", "read_exclusions", "resolve", "split_sets"]
+__all__ = [
+    "SPLITS", "SplitOptions", "SplitResult", "hashed_split", "read_exclusion_reasons", "read_exclusions", "resolve", "split_sets",
+]  # fmt: skip
