@@ -266,11 +266,11 @@ def boundary(input_dir, output_dir, width, method) -> None:
 @click.option("--exclusions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None, help='JSON: a list of sample ids, or {"ids": [...]} (label QA); those samples are left out.')
 def split(inputs, more_inputs, output_dir, val_fraction, test_fraction, seed, exclusions) -> None:
     """Group-aware train/val/test manifests over canonical sets, keeping official splits."""
-    from datatool.split import SPLITS, SplitOptions, read_exclusions, split_sets
+    from datatool.split import SPLITS, SplitOptions, read_exclusion_reasons, split_sets
 
     try:
         options = SplitOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-        excluded = read_exclusions(exclusions) if exclusions else None
+        excluded = read_exclusion_reasons(exclusions) if exclusions else None
         result = split_sets([*inputs, *more_inputs], output_dir, options, exclusions=excluded)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
@@ -290,8 +290,44 @@ def split(inputs, more_inputs, output_dir, val_fraction, test_fraction, seed, ex
 
 
 @main.command()
+@click.option("--input", "input_dirs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Canonical set of photos with person masks (ground truth or pseudo-labels); repeatable.")
+@click.option("--include", "include_dirs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Folder of backgrounds to link into the library as they are; repeatable.")
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="The library: <set name>/ and <folder name>/ subfolders plus report.json.")
+@click.option("--crops", default=3, show_default=True, type=click.IntRange(min=0), help="Person-free square crops per photo, at most.")
+@click.option("--min-crop", default=0.4, show_default=True, type=click.FloatRange(0.1, 1), help="Smallest crop side, as a share of the photo's shorter side.")
+@click.option("--no-fill", is_flag=True, help="Do not write the photos with their people painted out.")
+@click.option("--max-person-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Paint people out only when they cover at most this share.")
+@click.option("--margin", default=0.03, show_default=True, type=click.FloatRange(0, 0.25), help="Grow the person mask by this share of the longer side.")
+@click.option("--person-level", default=32, show_default=True, type=click.IntRange(1, 255), help="Mask value from which a pixel counts as person.")
+@click.option("--max-side", default=640, show_default=True, type=click.IntRange(min=64), help="Shrink photos whose longer side exceeds this (px).")
+def backgrounds(input_dirs, include_dirs, output_dir, crops, min_crop, no_fill, max_person_fraction, margin, person_level, max_side) -> None:
+    """A background library for synth: person-free backgrounds cut from labelled photos, plus your own folders."""
+    from datatool.backgrounds import BackgroundOptions, build_backgrounds
+
+    options = BackgroundOptions(
+        crops=crops, min_crop=min_crop, fill=not no_fill, max_person_fraction=max_person_fraction,
+        margin=margin, person_level=person_level, max_side=max_side,
+    )  # fmt: skip
+    try:
+        result = build_backgrounds(input_dirs, output_dir, include=include_dirs, options=options)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    counts = result.report["counts"]
+    click.echo(
+        f"backgrounds: {result.backgrounds} cut from {result.photos} photos ({counts.get('filled_backgrounds', 0)} filled, "
+        f"{counts.get('crop_backgrounds', 0)} crops), {result.included} included, in {result.report['seconds']:.1f} s"
+    )
+    print_reasons("skipped", result.report["skipped"])
+    print_reasons("ignored", result.report["ignored"])
+    click.echo(f"  library: {output_dir}\n  report:  {output_dir / 'report.json'}")
+    if result.backgrounds + result.included == 0:
+        raise click.ClickException(f"no background could be cut or included; the reasons are in {output_dir / 'report.json'}")
+
+
+@main.command()
 @click.option("--foregrounds", "foregrounds_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Canonical set whose people are pasted.")
-@click.option("--backgrounds", "backgrounds_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Folder of background photos (searched recursively).")
+@click.option("--backgrounds", "backgrounds_dirs", required=True, multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Folder of background photos (searched recursively); repeat the option, or list several folders after it.")
+@click.argument("more_backgrounds", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write (created).")
 @click.option("--name", default=None, help="Set name: part of ids [default: the output folder's name].")
 @click.option("--per-foreground", default=3, show_default=True, type=click.IntRange(min=1), help="Composites per foreground sample.")
@@ -301,7 +337,7 @@ def split(inputs, more_inputs, output_dir, val_fraction, test_fraction, seed, ex
 @click.option("--feather", "feather_sigma", default=1.5, show_default=True, type=click.FloatRange(min=0), help="Gaussian sigma (px) that softens binary masks' edges.")
 @click.option("--no-augment", is_flag=True, help="No photometric augmentation of the composites.")
 @click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True, help="Composite file format.")
-def synth(foregrounds_dir, backgrounds_dir, output_dir, name, per_foreground, size, seed, harmonise_strength, feather_sigma, no_augment, image_format) -> None:
+def synth(foregrounds_dir, backgrounds_dirs, more_backgrounds, output_dir, name, per_foreground, size, seed, harmonise_strength, feather_sigma, no_augment, image_format) -> None:
     """Paste the people of a canonical set onto new backgrounds; the masks are the pasted alpha."""
     from datatool.synth import SynthOptions, synthesize
 
@@ -310,7 +346,7 @@ def synth(foregrounds_dir, backgrounds_dir, output_dir, name, per_foreground, si
         feather_sigma=feather_sigma, augment=not no_augment, image_format=image_format,
     )  # fmt: skip
     try:
-        result = synthesize(foregrounds_dir, backgrounds_dir, output_dir, name=name, options=options)
+        result = synthesize(foregrounds_dir, [*backgrounds_dirs, *more_backgrounds], output_dir, name=name, options=options)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     report = result.report
@@ -323,3 +359,78 @@ def synth(foregrounds_dir, backgrounds_dir, output_dir, name, per_foreground, si
     click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
     if result.composites == 0:
         raise click.ClickException(f"no composite could be made; the reasons are in {output_dir / 'report.json'}")
+
+
+@main.group()
+def qa() -> None:
+    """Label QA in FiftyOne: browse sets with their masks, sort by doubt, tag, feed the tags to split."""
+
+
+@qa.command("build")
+@click.option("--name", required=True, help="FiftyOne dataset to create or update (persistent).")
+@click.option("--sets", "sets", required=True, multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="A canonical set (ingest, pseudolabel, boundary output); repeat the option, or list several sets after it.")
+@click.argument("more_sets", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--predictions", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="A student's masks, <id>.png (255 = person, soft values thresholded at 128).")
+@click.option("--split-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Split manifests that give each sample its split [default: data/processed/split when it exists].")
+@click.option("--masks-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where the thresholded mask files the App shows go [default: data/qa/NAME].")
+@click.option("--min-confidence", default=0.85, show_default=True, type=click.FloatRange(0, 1), help="View 'low-confidence pseudo-labels': confidence below this.")
+@click.option("--min-student-iou", default=0.8, show_default=True, type=click.FloatRange(0, 1), help="View 'student failures': student IoU below this.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Processes that read and score the masks; 0 = all cores.")
+def qa_build(name, sets, more_sets, predictions, split_dir, masks_dir, min_confidence, min_student_iou, workers) -> None:
+    """Create or update a FiftyOne dataset: masks of truth, teachers and student, doubt scores, review views."""
+    from datatool.qa import QaError, QaOptions, build_dataset
+
+    default_split = Path("data/processed/split")
+    try:
+        result = build_dataset(
+            name, [*sets, *more_sets], masks_dir=masks_dir or Path("data/qa") / name, predictions=predictions,
+            split_dir=split_dir or (default_split if default_split.is_dir() else None),
+            options=QaOptions(min_confidence=min_confidence, min_student_iou=min_student_iou), workers=workers,
+        )  # fmt: skip
+    except QaError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(
+        f"{result.name}: {result.samples} samples ({result.added} added, {result.updated} updated); "
+        f"teachers: {', '.join(result.teachers) or 'none'}; predictions: {result.predictions}"
+    )
+    if result.not_in_inputs:
+        click.echo(f"  {result.not_in_inputs} samples of an earlier build are in none of these sets (kept with their tags)")
+    for entry in result.missing_files[:8]:
+        click.echo(f"  skipped {entry['id']}: {entry['reason']} ({entry['file']})")
+    if len(result.missing_files) > 8:
+        click.echo(f"  ... {len(result.missing_files) - 8} more skipped")
+    click.echo(f"  saved views: {', '.join(result.views)}\n  browse: datatool qa launch --name {result.name}")
+
+
+@qa.command("launch")
+@click.option("--name", default=None, help="FiftyOne dataset to open [default: none, pick one in the App].")
+@click.option("--port", default=5151, show_default=True, type=click.IntRange(1, 65535), help="Port of the App server.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for other machines).")
+@click.option("--view", default=None, help="Open a saved view: 'suspect labels', 'low-confidence pseudo-labels', 'student failures'.")
+def qa_launch(name, port, address, view) -> None:
+    """Serve the FiftyOne App on the dataset until interrupted (Ctrl-C)."""
+    from datatool.qa import QaError, app_url, serve_app
+
+    try:
+        url = app_url(name, port=port, address=address, view=view)
+    except QaError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"FiftyOne App: {url}  (Ctrl-C stops it)", err=True)
+    serve_app(port=port, address=address)
+
+
+@qa.command("sync")
+@click.option("--name", required=True, help="FiftyOne dataset whose tags are read.")
+@click.option("--output", "output_file", default=Path("data/qa/exclusions.json"), show_default=True, type=click.Path(path_type=Path, dir_okay=False), help="Exclusions file for `datatool split --exclusions`.")
+@click.option("--relabel-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where the `fix` samples are exported (CVAT for images 1.1) [default: beside --output, <stem>-relabel].")
+def qa_sync(name, output_file, relabel_dir) -> None:
+    """Samples tagged reject or fix -> the exclusions file; fix samples exported for relabelling."""
+    from datatool.qa import QaError, sync_tags
+
+    try:
+        result = sync_tags(name, output_file, relabel_dir=relabel_dir)
+    except QaError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"{name}: " + ", ".join(f"{count} tagged {tag}" for tag, count in result.counts.items()) + f" -> {result.output}")
+    if result.relabel_dir is not None:
+        click.echo(f"  to relabel (CVAT for images 1.1): {result.relabel_dir}")

@@ -92,3 +92,164 @@ def leaderboard(models_dir: Path, output: Path | None) -> None:
     output = output or models_dir / "leaderboard.md"
     results = write_leaderboard(models_dir, output)
     click.echo(f"{len(results)} trained students -> {output}")
+
+
+# --- trainer evaluate (issue 6) ---------------------------------------------------------------
+@main.command()
+@click.option(
+    "--artefact",
+    "artefacts",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A checkpoint (best.pt), an exported .onnx/.tflite/.engine file, or a folder of them; repeatable.",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also evaluate every <dir>/*/best.pt and <dir>/*/export/*.{onnx,tflite,engine}.",
+)
+@click.option("--split", "split_dir", type=click.Path(path_type=Path), default="data/processed/split", show_default=True)
+@click.option("--set", "set_name", help="Which manifest of the split (test, val, train).  [default: evaluate.set or test]")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True)
+@click.option("--threads", type=int, help="CPU threads of every runtime.  [default: evaluate.threads or 2]")
+@click.option("--max-images", type=int, help="Evaluate the first N images only (0 = all).")
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="params.yaml",
+    show_default=True,
+    help="YAML file whose `evaluate:` section sets band width, threads, warm-up, repeats, reference (absent = defaults).",
+)
+@click.option(
+    "--model-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model cache of the reference teacher (datatool models).  [default: ~/.cache/portraitseg/models]",
+)
+def evaluate(
+    artefacts: tuple[Path, ...],
+    models_dir: Path | None,
+    split_dir: Path,
+    set_name: str | None,
+    output: Path,
+    threads: int | None,
+    max_images: int | None,
+    params_path: Path,
+    model_cache: Path | None,
+) -> None:
+    """Quality and batch-1 CPU latency of every model x backend beside the MediaPipe reference."""
+    from trainer.evaluate import (
+        EvaluationError,
+        discover_artefacts,
+        evaluate,
+        expand_artefacts,
+        load_evaluate_config,
+    )
+    from trainer.evaluation_report import write_reports
+
+    overrides = {"set": set_name, "threads": threads, "max_images": max_images}
+    try:
+        config = load_evaluate_config(params_path if params_path.is_file() else None, overrides)
+        paths = expand_artefacts(artefacts) + (discover_artefacts(models_dir) if models_dir else [])
+        result = evaluate(list(dict.fromkeys(paths)), split_dir, config, model_cache=model_cache)
+    except EvaluationError as error:
+        raise click.ClickException(str(error)) from error
+    written = write_reports(result, output)
+    click.echo(written["leaderboard"].read_text(encoding="utf-8"))  # ends with the latency ratio line
+    click.echo(f"{len(result.rows)} model x backend results on {result.images} images -> {output}/")
+
+
+# --- export (issue 6 part A) -------------------------------------------------------------------
+
+
+@main.command("calibration-set")
+@click.option(
+    "--split-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="`datatool split` folder; images come from its train.jsonl.",
+)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write.")
+@click.option("--count", type=click.IntRange(min=1), default=64, show_default=True, help="Train images to draw.")
+@click.option("--size", type=click.IntRange(min=1), required=True, help="Model input side in px (train.size).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed -> the same images.")
+def calibration_set(split_dir: Path, output: Path, count: int, size: int, seed: int) -> None:
+    """Write the int8 calibration set: COUNT seeded train images at SIZE x SIZE (samples.npy + calibration.json)."""
+    from trainer.export.calibration import CalibrationError, write_calibration_set
+
+    try:
+        info = write_calibration_set(split_dir, output, count, size, seed)
+    except (CalibrationError, OSError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"{info.count} train images at {size}x{size} (seed {seed}) -> {output}")
+
+
+@main.command()
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint written by `trainer train` (best.pt).",
+)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite", "tensorrt"]), required=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    help="int8: a `trainer calibration-set` folder, a split folder or a folder of images.  [default: the train split]",
+)
+@click.option(
+    "--validation",
+    type=click.Path(path_type=Path),
+    help="Split folder whose val.jsonl the parity check uses.  [default: the checkpoint's split_dir]",
+)
+@click.option(
+    "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the artefact."
+)
+@click.option("--allow-drop", is_flag=True, help="Exit 0 even when the IoU drop exceeds export.max_iou_drop.")
+@click.option("--size", type=click.IntRange(min=16), help="Input side of the artefact in px.  [default: the training size]")
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="params.yaml",
+    show_default=True,
+    help="YAML file whose `export:` section sets the checks (defaults when the file or section is absent).",
+)
+def export(
+    checkpoint: Path,
+    fmt: str,
+    precision: str,
+    calibration: Path | None,
+    validation: Path | None,
+    output: Path,
+    allow_drop: bool,
+    params_path: Path,
+    size: int | None,
+) -> None:
+    """Export a checkpoint to ONNX, TFLite or TensorRT and check it against fp32 PyTorch on validation photos."""
+    from trainer.export.calibration import CalibrationError
+    from trainer.export.pipeline import (
+        ExportError,
+        check_supported,
+        export_checkpoint,
+        load_export_params,
+        summary_line,
+    )
+    from trainer.train import CheckpointError
+
+    try:
+        check_supported(fmt, precision)
+        params = load_export_params(params_path if params_path.is_file() else None)
+    except ExportError as error:
+        raise click.UsageError(str(error)) from error
+    try:
+        result = export_checkpoint(checkpoint, fmt, precision, output, params, calibration, validation, size)
+    except (CheckpointError, CalibrationError, ExportError, OSError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(summary_line(result))
+    if result.failed and not allow_drop:
+        raise click.ClickException(
+            f"{result.name} loses {result.report['iou_drop']:.4f} IoU (> export.max_iou_drop "
+            f"{params.max_iou_drop}); see {result.report_path}, or pass --allow-drop to keep it"
+        )
