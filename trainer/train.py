@@ -485,6 +485,8 @@ def fit(
             ema.module.load_state_dict(state["model"])
             ema.n_averaged.fill_(state["ema_steps"])
             model.load_state_dict(state["training_model"])
+        elif "training_model" in state:  # its "model" is the average, not the weights to continue
+            raise CheckpointError(f"{last_path} was trained with train.ema_decay; resume with the same setting")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
