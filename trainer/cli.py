@@ -11,6 +11,18 @@ from trainer import __version__
 BACKENDS = ("torch", "torchvision", "onnx", "onnxruntime", "ai-edge-litert", "litert-torch", "dvc", "dvclive")
 
 
+def params_option(help_text: str, must_exist: bool = False):
+    """The `--params FILE` option (default params.yaml) that every command reading a params section takes."""
+    return click.option(
+        "--params",
+        "params_path",
+        type=click.Path(exists=must_exist, dir_okay=False, path_type=Path),
+        default="params.yaml",
+        show_default=True,
+        help=help_text,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="trainer")
 def main() -> None:
@@ -35,14 +47,7 @@ def env() -> None:
 
 
 @main.command()
-@click.option(
-    "--params",
-    "params_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default="params.yaml",
-    show_default=True,
-    help="YAML file whose `train:` section configures the run.",
-)
+@params_option("YAML file whose `train:` section configures the run.", must_exist=True)
 @click.option("--model", help="Registered model to train (overrides train.model); a wrong name lists them.")
 @click.option(
     "--output",
@@ -113,14 +118,7 @@ def leaderboard(models_dir: Path, output: Path | None) -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True)
 @click.option("--threads", type=int, help="CPU threads of every runtime.  [default: evaluate.threads or 2]")
 @click.option("--max-images", type=int, help="Evaluate the first N images only (0 = all).")
-@click.option(
-    "--params",
-    "params_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="params.yaml",
-    show_default=True,
-    help="YAML file whose `evaluate:` section sets band width, threads, warm-up, repeats, reference (absent = defaults).",
-)
+@params_option("YAML file whose `evaluate:` section sets band width, threads, warm-up, repeats, reference (absent = defaults).")
 @click.option(
     "--model-cache",
     type=click.Path(file_okay=False, path_type=Path),
@@ -208,14 +206,7 @@ def calibration_set(split_dir: Path, output: Path, count: int, size: int, seed: 
 )
 @click.option("--allow-drop", is_flag=True, help="Exit 0 even when the IoU drop exceeds export.max_iou_drop.")
 @click.option("--size", type=click.IntRange(min=16), help="Input side of the artefact in px.  [default: the training size]")
-@click.option(
-    "--params",
-    "params_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="params.yaml",
-    show_default=True,
-    help="YAML file whose `export:` section sets the checks (defaults when the file or section is absent).",
-)
+@params_option("YAML file whose `export:` section sets the checks (defaults when the file or section is absent).")
 def export(
     checkpoint: Path,
     fmt: str,

@@ -16,6 +16,7 @@ The backend is picked by suffix: `.pt` (PyTorch), `.onnx` (ONNX Runtime), `.tfli
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ class RunnerError(RuntimeError):
     """An artefact that cannot be opened or run, with the file and what to do."""
 
 
-class Runner:
+class Runner(ABC):
     """Runs one artefact on batches of resized RGB photos; subclasses implement `predict_one`."""
 
     backend: str = ""
@@ -56,8 +57,9 @@ class Runner:
             out[index] = np.asarray(self.predict_one(batch), np.float32).reshape(size, size)
         return np.clip(out, 0.0, 1.0)
 
+    @abstractmethod
     def predict_one(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(1, S, S, 3) float32 RGB 0..255 -> the artefact's (1, S, S) person probabilities."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path}, {self.backend} {self.precision}, {self.input_size}px)"

@@ -172,18 +172,25 @@ def build_artefact(model, size: int, fmt: str, precision: str, artefact: Path, s
     if fmt == "onnx" and precision == "fp32":
         onnx_export.export_onnx(model, size, artefact)
     elif fmt == "onnx" and precision == "int8":
-        fp32 = artefact.with_name(artefact.stem + ".fp32-tmp.onnx")
-        try:
-            onnx_export.export_onnx(model, size, fp32)
-            onnx_export.quantize_onnx_int8(fp32, samples, artefact)
-        finally:
-            fp32.unlink(missing_ok=True)
+        write_onnx_int8(model, size, samples, artefact)
     elif fmt == "tflite" and precision == "fp32":
         tflite.export_tflite(model, size, artefact)
     elif fmt == "tflite" and precision == "fp16":
         tflite.export_tflite_fp16(model, size, artefact)
     elif fmt == "tflite" and precision == "int8":
         tflite.export_tflite_int8(model, size, samples, artefact)
+
+
+def write_onnx_int8(model, size: int, samples, target: Path) -> None:
+    """The QDQ int8 ONNX graph at `target`, quantized from a temporary fp32 export beside it."""
+    from trainer.export import onnx as onnx_export
+
+    fp32 = target.with_name(target.stem + ".fp32-tmp.onnx")
+    try:
+        onnx_export.export_onnx(model, size, fp32)
+        onnx_export.quantize_onnx_int8(fp32, samples, target)
+    finally:
+        fp32.unlink(missing_ok=True)
 
 
 def build_tensorrt(
@@ -197,12 +204,7 @@ def build_tensorrt(
     onnx_path = output_dir / "tensorrt" / artefact.with_suffix(".onnx").name
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     if precision == "int8":
-        fp32 = artefact.with_name(artefact.stem + ".fp32-tmp.onnx")
-        try:
-            onnx_export.export_onnx(model, size, fp32)
-            onnx_export.quantize_onnx_int8(fp32, samples, onnx_path)
-        finally:
-            fp32.unlink(missing_ok=True)
+        write_onnx_int8(model, size, samples, onnx_path)
     else:
         onnx_export.export_onnx(model, size, onnx_path)
     reason = tensorrt.unavailable_reason()
