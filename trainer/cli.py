@@ -83,6 +83,42 @@ def train(params_path: Path, model: str | None, output: Path | None, resume: boo
     )
 
 
+@main.command("import-encoder")
+@click.option(
+    "--tflite",
+    "tflite_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A DeepLabV3-MobileNetV2 TFLite file, e.g. ../shared/weights/deeplabv3_mnv2_pascal_quant.tflite.",
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="data/raw/demo/photos",
+    show_default=True,
+    help="Photos for BatchNorm calibration and the check against the TFLite interpreter.",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .pt file to write.")
+def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
+    """Pretrained mobile_unet (width 1.0) encoder weights from a DeepLab MobileNetV2 TFLite file.
+
+    Use the output as `train.init_weights` with `model=mobile_unet model_options.width_mult=1.0`.
+    """
+    from trainer.models.deeplab_encoder import EncoderImportError, import_deeplab_encoder
+
+    try:
+        summary = import_deeplab_encoder(tflite_path, images_dir, output)
+    except EncoderImportError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(
+        f"{summary['convolutions']} convolutions of {summary['source']} -> {summary['tensors']} tensors of "
+        f"{summary['model']} {summary['model_options']} encoder; stride-16 features vs the TFLite interpreter: "
+        f"correlation {summary['check_correlation']:.4f} on {summary['check_image']}; BatchNorm calibrated on "
+        f"{summary['calibration_images']} photos -> {output}"
+    )
+
+
 @main.command()
 @click.argument("models_dir", type=click.Path(file_okay=False, path_type=Path), default="models")
 @click.option(

@@ -44,6 +44,11 @@ class TrainConfig:
     plateau_patience: int = 3  # epochs without val IoU gain before the plateau schedule lowers the lr
     plateau_factor: float = 0.5
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    init_weights: str = ""  # a partial state dict to start from (e.g. `trainer import-encoder`'s pretrained
+    # encoder, or a best.pt); "" = random init. --resume reads it again only to rebuild the optimizer's
+    # parameter groups, then restores every weight from last.pt.
+    init_lr_scale: float = 1.0  # learning-rate multiplier of the tensors init_weights loads (< 1 keeps
+    # pretrained features from being scrambled by the random decoder's early gradients)
     ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights
     # (e.g. 0.999; steadier than the last step's weights on small, noisy sets); 0 = off
     loss_weights: dict[str, float] = dataclasses.field(
@@ -78,6 +83,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.init_lr_scale <= 0:
+            raise ConfigError(f"train.init_lr_scale must be positive, got {self.init_lr_scale}")
         unknown_terms = sorted(set(self.loss_weights) - set(LOSS_TERMS))
         if unknown_terms:
             raise ConfigError(f"unknown train.loss_weights {unknown_terms}; valid: {', '.join(LOSS_TERMS)}")

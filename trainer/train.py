@@ -383,6 +383,52 @@ def restore_model(model: nn.Module, state: dict[str, Any], path: Path, name: str
         raise CheckpointError(f"{path} does not fit {name}: {error}") from error
 
 
+def load_init_weights(model: nn.Module, path: str | Path, name: str, options: dict[str, Any]) -> set[str]:
+    """Copy the tensors of an init file into `model`; returns the names of the parameters it set.
+
+    An init file is either `trainer import-encoder`'s output ({"state_dict", "model",
+    "model_options", ...}: part of a model) or a training checkpoint (fine-tuning a previous run).
+    Every tensor it holds must exist in `model` with the same shape: a silent partial load would
+    train from scratch while claiming to start from pretrained weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"train.init_weights: no file at {path} (make one with `trainer import-encoder`)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"train.init_weights: {path} is not a readable weights file ({error})") from error
+    if isinstance(saved, dict) and saved.get("format") == CHECKPOINT_FORMAT:
+        saved = {"state_dict": saved["model"], "model": saved["model_name"], "model_options": saved["model_options"]}
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise CheckpointError(f"train.init_weights: {path} holds no state_dict (expected `trainer import-encoder` output or a checkpoint)")
+    if saved.get("model") != name or saved.get("model_options") != options:
+        raise CheckpointError(
+            f"train.init_weights: {path} was made for {saved.get('model')} {saved.get('model_options')}, "
+            f"but this run trains {name} {options}; set train.model and train.model_options to match"
+        )
+    own = model.state_dict()
+    unknown = sorted(key for key in saved["state_dict"] if key not in own)
+    reshaped = sorted(key for key, value in saved["state_dict"].items() if key in own and own[key].shape != value.shape)
+    if unknown or reshaped:
+        raise CheckpointError(
+            f"train.init_weights: {path} does not fit {name}: {len(unknown)} unknown tensors "
+            f"{unknown[:3]}, {len(reshaped)} of another shape {reshaped[:3]}"
+        )
+    model.load_state_dict(saved["state_dict"], strict=False)
+    return {key for key, _ in model.named_parameters() if key in saved["state_dict"]}
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, initialised: set[str]) -> torch.optim.AdamW:
+    """AdamW; parameters loaded from init_weights learn at lr * init_lr_scale, the rest at lr."""
+    pretrained = [parameter for key, parameter in model.named_parameters() if key in initialised]
+    fresh = [parameter for key, parameter in model.named_parameters() if key not in initialised]
+    groups = [{"params": fresh, "lr": config.lr}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr": config.lr * config.init_lr_scale})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained model of a checkpoint (by registry name and options) in eval mode."""
     state = load_checkpoint(path, map_location)
@@ -452,6 +498,13 @@ def fit(
 
     model = create_model(config.model, **config.model_options)
     n_parameters = count_parameters(model)
+    # Before --resume's restore (which overwrites every weight), so that the optimizer's parameter
+    # groups are the same in a resumed run as in the run that saved it.
+    initialised = (
+        load_init_weights(model, config.init_weights, config.model, config.model_options) if config.init_weights else set()
+    )
+    if initialised and context.is_main and not resume:
+        print(f"init_weights: {len(initialised)} parameter tensors of {config.model} from {config.init_weights}", flush=True)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -462,7 +515,7 @@ def fit(
             training_model, device_ids=[device.index] if on_cuda else None
         )
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config, initialised)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=len(train_loader))
     per_batch_scheduler = None if config.schedule == "plateau" else scheduler
     # float16 autocast needs loss scaling; bfloat16 and float32 do not (the scaler is then a no-op).
