@@ -31,6 +31,8 @@ from trainer.models.base import fuse_conv_batch_norm
 
 BLAZESEG_BUDGET_MS = 10.0  # the seed notes: 10.2 ms per 128 x 128 image on a laptop CPU
 BASELINE = "mobilenet_v3_small (classifier)"
+# Non-default options worth a row of their own: the people-dev recipe's pretrained student.
+VARIANTS = {"mobile_unet (width 1.0)": ("mobile_unet", {"width_mult": 1.0})}
 
 
 def prepare(model: nn.Module, fuse: bool, channels_last: bool) -> nn.Module:
@@ -76,7 +78,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=None, help="default: every registered model")
+    parser.add_argument("--models", nargs="+", default=None, help="default: every registered model and variant")
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
@@ -91,9 +93,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    names = args.models or list_models()
+    names = args.models or [*list_models(), *VARIANTS]
     fuse, channels_last = not args.no_fuse, not args.contiguous
-    models = {name: create_model(name) for name in names}
+    models = {}
+    for name in names:
+        family, options = VARIANTS.get(name, (name, {}))
+        models[name] = create_model(family, **options)
     models[BASELINE] = mobilenet_v3_small()  # random init: no download
 
     runnable = {name: prepare(model, fuse, channels_last) for name, model in models.items()}

@@ -11,16 +11,22 @@ with masks (`../shared/data/people-dev`, 193 photos) and a folder of unlabelled 
 4. `datatool synth` pastes every people-dev person onto them (`--per-foreground` each);
 5. `datatool boundary` and `datatool split` (val/test by group: a composite lands with its
    person, so no person of val or test is seen in training);
-6. `trainer train` with `val_sources=[people-dev]` (the validation IoU that picks `best.pt` is
-   measured on real photos only, never on composites), copy-paste 0.5 and plain BCE weighting.
+6. `trainer import-encoder` (the default `--student pretrained`): a MobileNetV2 encoder read out
+   of the DeepLab teacher's TFLite file (`../shared/weights/deeplabv3_mnv2_pascal_quant.tflite`),
+   BatchNorm calibrated on the unlabelled photos;
+7. `trainer train` with `val_sources=[people-dev]` (the validation IoU that picks `best.pt` is
+   measured on real photos only, never on composites), copy-paste 0.5 and plain BCE weighting:
+   `--student pretrained` fine-tunes mobile_unet (width 1.0) from that encoder (encoder at 0.3x
+   the learning rate); `--student scratch` trains ffnet_mobile from random weights.
 
 Then it scores `best.pt` on the real val and test photos and runs the MediaPipe selfie
 segmenter on the same images at the same resolution: the baseline measured in the same run.
 Training time is wall-clock on this machine (other load slows it; the machine's cores are
 printed).
 
-    python bench/train_people_dev.py [--data DIR] [--unlabeled DIR] [--work DIR] [--model ffnet_mobile]
-                                     [--size 192] [--epochs 60] [KEY=VALUE ...]
+    python bench/train_people_dev.py [--student pretrained|scratch] [--data DIR] [--unlabeled DIR]
+                                     [--encoder-tflite FILE] [--work DIR] [--model NAME] [--size PX]
+                                     [--epochs N] [KEY=VALUE ...]
 """
 
 import argparse
@@ -41,6 +47,14 @@ from trainer.train import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+DEEPLAB_TFLITE = REPO.parent / "shared" / "weights" / "deeplabv3_mnv2_pascal_quant.tflite"
+# What each --student trains unless --model/--size/--epochs say otherwise; both fit in about 20
+# minutes of training on a quiet 2-core CPU (README "The people-dev recipe").
+STUDENTS = {
+    "pretrained": {"model": "mobile_unet", "size": 192, "epochs": 20,
+                   "overrides": ["model_options.width_mult=1.0", "init_lr_scale=0.3"]},
+    "scratch": {"model": "ffnet_mobile", "size": 192, "epochs": 60, "overrides": []},
+}  # fmt: skip
 
 
 def run(*command: str) -> float:
@@ -86,16 +100,25 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/people-dev-recipe"))
     parser.add_argument("--teacher", default="mediapipe-selfie+rembg", help="labels the unlabelled photos")
     parser.add_argument("--per-foreground", type=int, default=5, help="composites per people-dev person")
-    parser.add_argument("--model", default="ffnet_mobile")
-    parser.add_argument("--size", type=int, default=192)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--student", choices=sorted(STUDENTS), default="pretrained",
+                        help="pretrained: mobile_unet from the DeepLab file's encoder; scratch: ffnet_mobile, random init")
+    parser.add_argument("--encoder-tflite", type=Path, default=DEEPLAB_TFLITE, help="DeepLabV3-MobileNetV2 TFLite (--student pretrained)")
+    parser.add_argument("--model", help="override the student's model")
+    parser.add_argument("--size", type=int, help="override the student's input side")
+    parser.add_argument("--epochs", type=int, help="override the student's epochs")
     parser.add_argument("--val", type=float, default=0.15)
     parser.add_argument("--test", type=float, default=0.15)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more trainer overrides, e.g. copy_paste=0.5")
     args = parser.parse_args()
+    student = STUDENTS[args.student]
+    args.model, args.size, args.epochs = (args.model or student["model"], args.size or student["size"],
+                                          args.epochs or student["epochs"])  # fmt: skip
     for folder in (args.data, args.unlabeled):
         if not folder.is_dir():
             sys.exit(f"{folder} not found: pass --data / --unlabeled (people-dev lies in ../shared/data beside the repository)")
+    if args.student == "pretrained" and not args.encoder_tflite.is_file():
+        sys.exit(f"{args.encoder_tflite} not found: pass --encoder-tflite (google-coral/test_data's "
+                 "deeplabv3_mnv2_pascal_quant.tflite) or use --student scratch")  # fmt: skip
 
     work = args.work
     seconds: dict[str, float] = {}
@@ -109,7 +132,12 @@ def main() -> None:
     seconds["split"] = run("datatool", "split", "--input", *sets, "--output", str(work / "split"), "--val", str(args.val), "--test", str(args.test), "--seed", "0")
     output = work / args.model
     overrides = [f"split_dir={work / 'split'}", f"size={args.size}", f"epochs={args.epochs}", "val_sources=people-dev",
-                 "copy_paste=0.5", "pos_weight=1", *args.overrides]  # fmt: skip
+                 "copy_paste=0.5", "pos_weight=1", *student["overrides"], *args.overrides]  # fmt: skip
+    if args.student == "pretrained":
+        encoder = work / "encoder.pt"
+        seconds["import-encoder"] = run("trainer", "import-encoder", "--tflite", str(args.encoder_tflite),
+                                        "--images", str(args.unlabeled), "--output", str(encoder))  # fmt: skip
+        overrides.append(f"init_weights={encoder}")
     seconds["train"] = run("trainer", "train", "--params", str(REPO / "params.yaml"), "--model", args.model, "--output", str(output), *overrides)
 
     student = {split: score_student(output / "best.pt", work / "split", split) for split in ("val", "test")}
@@ -117,7 +145,7 @@ def main() -> None:
     summary = json.loads((output / "metrics.json").read_text())
     print(f"\npeople-dev recipe, {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"data preparation: {sum(value for key, value in seconds.items() if key != 'train'):.0f} s; "
-          f"training {args.model} at {args.size}x{args.size} for {args.epochs} epochs: {seconds['train'] / 60:.1f} min "
+          f"training ({args.student}) {args.model} at {args.size}x{args.size} for {args.epochs} epochs: {seconds['train'] / 60:.1f} min "
           f"(best epoch {summary['best_epoch']})")  # fmt: skip
     print(f"| real photos | images | {args.model} IoU | mediapipe-selfie IoU | ratio | {args.model} boundary F |")
     print("|---|---|---|---|---|---|")
