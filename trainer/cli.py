@@ -95,9 +95,8 @@ def train(params_path: Path, model: str | None, output: Path | None, resume: boo
     "--images",
     "images_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default="data/raw/demo/photos",
-    show_default=True,
-    help="Photos for BatchNorm calibration and the check against the TFLite interpreter.",
+    required=True,
+    help="Photos (16 are used) for BatchNorm calibration and the check against the TFLite interpreter.",
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .pt file to write.")
 def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
