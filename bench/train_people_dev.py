@@ -110,9 +110,9 @@ def main() -> None:
     parser.add_argument("--test", type=float, default=0.15)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more trainer overrides, e.g. copy_paste=0.5")
     args = parser.parse_args()
-    student = STUDENTS[args.student]
-    args.model, args.size, args.epochs = (args.model or student["model"], args.size or student["size"],
-                                          args.epochs or student["epochs"])  # fmt: skip
+    preset = STUDENTS[args.student]
+    args.model, args.size, args.epochs = (args.model or preset["model"], args.size or preset["size"],
+                                          args.epochs or preset["epochs"])  # fmt: skip
     for folder in (args.data, args.unlabeled):
         if not folder.is_dir():
             sys.exit(f"{folder} not found: pass --data / --unlabeled (people-dev lies in ../shared/data beside the repository)")
@@ -132,7 +132,7 @@ def main() -> None:
     seconds["split"] = run("datatool", "split", "--input", *sets, "--output", str(work / "split"), "--val", str(args.val), "--test", str(args.test), "--seed", "0")
     output = work / args.model
     overrides = [f"split_dir={work / 'split'}", f"size={args.size}", f"epochs={args.epochs}", "val_sources=people-dev",
-                 "copy_paste=0.5", "pos_weight=1", *student["overrides"], *args.overrides]  # fmt: skip
+                 "copy_paste=0.5", "pos_weight=1", *preset["overrides"], *args.overrides]  # fmt: skip
     if args.student == "pretrained":
         encoder = work / "encoder.pt"
         seconds["import-encoder"] = run("trainer", "import-encoder", "--tflite", str(args.encoder_tflite),

@@ -160,6 +160,7 @@ def test_import_encoder_reproduces_the_tflite_features_and_starts_a_run(tmp_path
     photos.mkdir()
     for package, resource in (("skimage", "data/astronaut.png"), ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")):
         (photos / Path(resource).name).write_bytes((importlib.resources.files(package) / resource).read_bytes())
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 truncated")  # reported and skipped, not fatal
     output = tmp_path / "encoder.pt"
     result = CliRunner().invoke(main, ["import-encoder", "--tflite", str(deeplab_tflite), "--images", str(photos),
                                        "--output", str(output)])  # fmt: skip
@@ -167,6 +168,8 @@ def test_import_encoder_reproduces_the_tflite_features_and_starts_a_run(tmp_path
     assert "51 convolutions" in result.output and "306 tensors" in result.output
     saved = torch.load(output, weights_only=True)
     assert saved["check_correlation"] >= 0.99 and saved["calibration_images"] == 2
+    assert [Path(item["file"]).name for item in saved["skipped_images"]] == ["broken.jpg"]
+    assert "skipped" in result.output and "broken.jpg" in result.output
     assert saved["model"] == "mobile_unet" and saved["model_options"] == {"width_mult": 1.0}
 
     model = create_model("mobile_unet", width_mult=1.0)
@@ -179,4 +182,4 @@ def test_import_encoder_reproduces_the_tflite_features_and_starts_a_run(tmp_path
 
     result = CliRunner().invoke(main, ["import-encoder", "--tflite", str(deeplab_tflite), "--images",
                                        str(tmp_path / "empty"), "--output", str(tmp_path / "x.pt")])  # fmt: skip
-    assert result.exit_code == 1 and "no images in" in result.output
+    assert result.exit_code == 1 and "no readable images in" in result.output

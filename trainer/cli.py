@@ -116,6 +116,8 @@ def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
         f"correlation {summary['check_correlation']:.4f} on {summary['check_image']}; BatchNorm calibrated on "
         f"{summary['calibration_images']} photos -> {output}"
     )
+    for skipped in summary["skipped_images"]:
+        click.echo(f"  skipped {skipped['file']}: {skipped['reason']}", err=True)
 
 
 @main.command()

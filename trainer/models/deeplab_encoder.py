@@ -39,7 +39,7 @@ from trainer.models import create_model
 
 MODEL_NAME = "mobile_unet"
 MODEL_OPTIONS: dict[str, Any] = {"width_mult": 1.0}
-# "MobilenetV2/expanded_conv_3/depthwise/depthwise_Fold;..." -> block "expanded_conv", index "3", part "depthwise"
+# "MobilenetV2/expanded_conv_3/depthwise/depthwise_Fold;..." -> block "expanded_conv_3", index "3", part "depthwise"
 SCOPE = re.compile(r"^MobilenetV2/(Conv|expanded_conv(?:_(\d+))?)/(?:(expand|depthwise|project)/)?")
 CHECK_LAYER = 11  # features[11] = expanded_conv_10: stride 16 (before DeepLab's dilated stage), no residual add
 CHECK_SCOPE = "expanded_conv_10/project"
@@ -53,12 +53,11 @@ class EncoderImportError(RuntimeError):
 
 @dataclass
 class FoldedConv:
-    """One dequantized TFLite convolution: torch-layout weight, folded bias, and the op it came from."""
+    """One dequantized TFLite convolution: torch-layout weight, folded bias, and its output tensor."""
 
     weight: torch.Tensor  # (C_out, C_in / groups, kH, kW)
     bias: torch.Tensor  # (C_out,)
-    input_index: int
-    output_index: int
+    output_index: int  # the interpreter's tensor index of the op's output (for the self-check)
 
 
 def _dequantize(interpreter, detail: dict[str, Any]) -> np.ndarray:
@@ -93,10 +92,10 @@ def read_convolutions(interpreter) -> dict[str, FoldedConv]:
     """Every MobilenetV2 convolution of the file, keyed by its scope ("expanded_conv_3/expand")."""
     details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     convolutions: dict[str, FoldedConv] = {}
-    for op in interpreter._get_ops_details():  # the public API has no op list; this one is stable across LiteRT
+    for op in interpreter._get_ops_details():  # the public API lists tensors, not ops (which tie weights to outputs)
         if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
-        input_index, weight_index, bias_index = op["inputs"][:3]
+        _, weight_index, bias_index = op["inputs"][:3]
         match = SCOPE.match(details[weight_index]["name"])
         if match is None:  # DeepLab's ASPP and logits convolutions
             continue
@@ -108,7 +107,6 @@ def read_convolutions(interpreter) -> dict[str, FoldedConv]:
         convolutions[scope] = FoldedConv(
             torch.tensor(weight, dtype=torch.float32),
             torch.tensor(_dequantize(interpreter, details[bias_index]), dtype=torch.float32),
-            input_index,
             op["outputs"][0],
         )
     return convolutions
@@ -132,15 +130,30 @@ def conv_and_norm(features: nn.Sequential, scope: str) -> tuple[nn.Conv2d, nn.Ba
     return pairs[part]
 
 
-def calibration_images(folder: Path, count: int, size: int) -> torch.Tensor:
-    """Up to `count` photos of `folder`, resized to size x size and ImageNet-normalised, as one batch."""
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)[:count]
-    if not paths:
-        raise EncoderImportError(f"no images in {folder}: pass --images with a folder of photos for calibration")
+def calibration_images(folder: Path, count: int) -> tuple[list[Path], list[np.ndarray], list[dict[str, str]]]:
+    """Up to `count` readable photos of `folder` (RGB), their paths, and every unreadable one with its reason."""
+    paths, images, skipped = [], [], []
+    for path in sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES):
+        if len(images) == count:
+            break
+        try:
+            images.append(read_rgb(path))
+            paths.append(path)
+        except OSError as error:
+            skipped.append({"file": str(path), "reason": str(error)})
+    if not images:
+        raise EncoderImportError(
+            f"no readable images in {folder} ({len(skipped)} unreadable): pass --images with a folder of photos"
+        )
+    return paths, images, skipped
+
+
+def normalised_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """(N, 3, size, size) float32, ImageNet-normalised like the trainer's input."""
     batch = []
-    for path in paths:
-        image = cv2.resize(read_rgb(path), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        batch.append((image - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32))
+    for image in images:
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        batch.append((resized - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32))
     return torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2))
 
 
@@ -233,12 +246,12 @@ def import_deeplab_encoder(
     first_norm.bias.data += (first_conv.weight.data * scale * (255 * mean - zero_point)).sum(dim=(1, 2, 3))
     first_conv.weight.data *= 255 * scale * std
 
-    images = calibration_images(Path(images_dir), calibration_count, calibration_size)
-    calibrate_batch_norms(features, images)
+    paths, images, skipped = calibration_images(Path(images_dir), calibration_count)
+    calibrate_batch_norms(features, normalised_batch(images, calibration_size))
     # After calibration, so that the check covers the BatchNorm rewrite too (eval output is unchanged).
-    first_photo = sorted(path for path in Path(images_dir).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)[0]
+    first_photo = paths[0]
     check_output = convolutions[CHECK_SCOPE].output_index
-    correlation = check_against_tflite(interpreter, features, check_output, read_rgb(first_photo))
+    correlation = check_against_tflite(interpreter, features, check_output, images[0])
     if not correlation >= CHECK_MIN_CORRELATION:
         raise EncoderImportError(
             f"the imported encoder does not reproduce {tflite_path.name}: stride-16 feature correlation "
@@ -255,7 +268,8 @@ def import_deeplab_encoder(
         "tensors": len(state),
         "check_correlation": round(correlation, 5),
         "check_image": first_photo.name,
-        "calibration_images": int(images.shape[0]),
+        "calibration_images": len(images),
+        "skipped_images": skipped,
     }
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
