@@ -35,6 +35,22 @@ def make_person_mask(height: int, width: int, seed: int = 0) -> np.ndarray:
     return mask
 
 
+def draw_blob(seed: int, height: int = 40, width: int = 48) -> tuple[np.ndarray, np.ndarray, tuple, tuple]:
+    """A red-ish ellipse "person" on a blue-ish noisy background (BGR float), its 0/255 mask, centre and axes.
+
+    The training, export and evaluation tests share it: a colour rule segments it, so a model or an
+    artefact that works scores a high IoU on it.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.normal((200, 120, 60), 25, (height, width, 3))  # BGR: blue-ish background
+    mask = np.zeros((height, width), np.uint8)
+    center = (int(rng.integers(16, 32)), int(rng.integers(14, 26)))
+    axes = (int(rng.integers(8, 14)), int(rng.integers(10, 16)))
+    cv2.ellipse(mask, center, axes, 0, 0, 360, 255, -1)
+    image[mask > 0] = rng.normal((60, 90, 210), 25, (int((mask > 0).sum()), 3))  # red-ish person
+    return image, mask, center, axes
+
+
 def write_image(path: Path, image: np.ndarray, params: list[int] | None = None) -> Path:
     """Write with OpenCV (format from the suffix), creating parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)

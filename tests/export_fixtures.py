@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from conftest import draw_blob
 from trainer.config import build_train_config
 from trainer.models import MODELS, SegmentationModel, list_models
 from trainer.train import CHECKPOINT_FORMAT, save_checkpoint
@@ -48,13 +49,7 @@ def register_tiny(monkeypatch) -> None:
 
 
 def write_blob(set_dir: Path, sample_id: str, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    height, width = 40, 48
-    image = rng.normal((200, 120, 60), 25, (height, width, 3))  # BGR: blue-ish background
-    mask = np.zeros((height, width), np.uint8)
-    center = (int(rng.integers(16, 32)), int(rng.integers(14, 26)))
-    cv2.ellipse(mask, center, (int(rng.integers(8, 14)), int(rng.integers(10, 16))), 0, 0, 360, 255, -1)
-    image[mask > 0] = rng.normal((60, 90, 210), 25, (int((mask > 0).sum()), 3))  # red-ish person
+    image, mask, _, _ = draw_blob(seed)
     for folder, array, suffix in (("images", image, "jpg"), ("masks", mask, "png")):
         (set_dir / folder).mkdir(parents=True, exist_ok=True)
         assert cv2.imwrite(str(set_dir / folder / f"{sample_id}.{suffix}"), np.clip(array, 0, 255).astype(np.uint8))

@@ -19,6 +19,7 @@ from test_train import TINY, split_dir, tiny_config, tiny_model  # noqa: F401  (
 from trainer.cli import main
 from trainer.models import create_model
 from trainer.models.deeplab_encoder import (
+    SCOPES,
     EncoderImportError,
     calibrate_batch_norms,
     conv_and_norm,
@@ -122,10 +123,8 @@ def test_calibrated_batch_norms_keep_eval_output_and_match_in_training_mode():
 
 def test_every_tensorflow_scope_maps_to_a_torchvision_layer_of_the_right_kind():
     features = mobilenet_v2(width_mult=1.0).features[:-1]
-    scopes = ["Conv", "expanded_conv/depthwise", "expanded_conv/project"]
-    scopes += [f"expanded_conv_{k}/{part}" for k in range(1, 17) for part in ("expand", "depthwise", "project")]
     seen = set()
-    for scope in scopes:
+    for scope in SCOPES:
         conv, norm = conv_and_norm(features, scope)
         assert isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.num_features == conv.out_channels
         assert (conv.groups == conv.in_channels > 1) == scope.endswith("depthwise"), scope

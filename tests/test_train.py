@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import trainer.train as train_module
+from conftest import draw_blob
 from trainer.cli import main
 from trainer.config import ConfigError, TrainConfig, build_train_config, load_train_config, parse_overrides
 from trainer.models import MODELS, SegmentationModel
@@ -61,14 +62,7 @@ def tiny_model(monkeypatch):
 
 def write_sample(set_dir: Path, sample_id: str, seed: int) -> dict:
     """A person-like ellipse in a warm colour on a cool noisy background, its mask, edge band and teacher."""
-    rng = np.random.default_rng(seed)
-    height, width = 40, 48
-    image = rng.normal((200, 120, 60), 25, (height, width, 3))  # BGR: blue-ish background
-    mask = np.zeros((height, width), np.uint8)
-    center = (int(rng.integers(16, 32)), int(rng.integers(14, 26)))
-    axes = (int(rng.integers(8, 14)), int(rng.integers(10, 16)))
-    cv2.ellipse(mask, center, axes, 0, 0, 360, 255, -1)
-    image[mask > 0] = rng.normal((60, 90, 210), 25, (int((mask > 0).sum()), 3))  # red-ish person
+    image, mask, center, axes = draw_blob(seed)
     edge = np.zeros_like(mask)
     cv2.ellipse(edge, center, axes, 0, 0, 360, 255, 2)
     teacher = cv2.GaussianBlur(mask, (5, 5), 0)

@@ -34,13 +34,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD, read_rgb
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD, build_photometric, read_rgb
 from trainer.models import create_model
 
 MODEL_NAME = "mobile_unet"
 MODEL_OPTIONS: dict[str, Any] = {"width_mult": 1.0}
 # "MobilenetV2/expanded_conv_3/depthwise/depthwise_Fold;..." -> block "expanded_conv_3", index "3", part "depthwise"
 SCOPE = re.compile(r"^MobilenetV2/(Conv|expanded_conv(?:_(\d+))?)/(?:(expand|depthwise|project)/)?")
+# The 51 convolutions, named by TensorFlow scope: the stem, block 0 (no expansion), blocks 1-16.
+SCOPES = (
+    "Conv",
+    "expanded_conv/depthwise",
+    "expanded_conv/project",
+    *(f"expanded_conv_{k}/{part}" for k in range(1, 17) for part in ("expand", "depthwise", "project")),
+)
 CHECK_LAYER = 11  # features[11] = expanded_conv_10: stride 16 (before DeepLab's dilated stage), no residual add
 CHECK_SCOPE = "expanded_conv_10/project"
 CHECK_MIN_CORRELATION = 0.99
@@ -148,13 +155,11 @@ def calibration_images(folder: Path, count: int) -> tuple[list[Path], list[np.nd
     return paths, images, skipped
 
 
-def normalised_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """(N, 3, size, size) float32, ImageNet-normalised like the trainer's input."""
-    batch = []
-    for image in images:
-        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        batch.append((resized - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32))
-    return torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2))
+def trainer_input(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, H, W) float32: RGB photos resized to (width, height) and normalised as the trainer does."""
+    normalise = build_photometric(augment=False)  # the trainer's own ImageNet normalisation
+    batch = [normalise(image=cv2.resize(image, size, interpolation=cv2.INTER_AREA))["image"] for image in images]
+    return torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
 
 
 @torch.no_grad()
@@ -195,8 +200,7 @@ def check_against_tflite(interpreter, features: nn.Sequential, output_index: int
     interpreter.invoke()
     details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     reference = _dequantize(interpreter, details[output_index]).transpose(0, 3, 1, 2)
-    x = (resized.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    ours = features[: CHECK_LAYER + 1].eval()(torch.from_numpy(x.transpose(2, 0, 1)[None].copy())).numpy()
+    ours = features[: CHECK_LAYER + 1].eval()(trainer_input([resized], (width, height))).numpy()
     if ours.shape != reference.shape:
         raise EncoderImportError(f"stride-16 features differ in shape: {ours.shape} vs the file's {reference.shape}")
     return float(np.corrcoef(ours.ravel(), reference.ravel())[0, 1])
@@ -214,15 +218,13 @@ def import_deeplab_encoder(
     model = create_model(MODEL_NAME, **MODEL_OPTIONS)
     # The encoder's stages hold torchvision's features[0..17] in order; a flat view maps TF scopes by index.
     features = nn.Sequential(*[layer for stage in model.encoder.stages for layer in stage])
-    expected = {"Conv"} | {"expanded_conv/depthwise", "expanded_conv/project"}
-    expected |= {f"expanded_conv_{k}/{part}" for k in range(1, 17) for part in ("expand", "depthwise", "project")}
-    missing = sorted(expected - set(convolutions))
+    missing = [scope for scope in SCOPES if scope not in convolutions]
     if missing:
         raise EncoderImportError(
-            f"{tflite_path} is not a DeepLabV3-MobileNetV2 (width 1.0) file: {len(missing)} of its {len(expected)} "
+            f"{tflite_path} is not a DeepLabV3-MobileNetV2 (width 1.0) file: {len(missing)} of its {len(SCOPES)} "
             f"MobilenetV2 convolutions are missing (first: {missing[0]})"
         )
-    for scope in sorted(expected):
+    for scope in SCOPES:
         conv, norm = conv_and_norm(features, scope)
         folded = convolutions[scope]
         if conv.weight.shape != folded.weight.shape:
@@ -247,7 +249,7 @@ def import_deeplab_encoder(
     first_conv.weight.data *= 255 * scale * std
 
     paths, images, skipped = calibration_images(Path(images_dir), calibration_count)
-    calibrate_batch_norms(features, normalised_batch(images, calibration_size))
+    calibrate_batch_norms(features, trainer_input(images, (calibration_size, calibration_size)))
     # After calibration, so that the check covers the BatchNorm rewrite too (eval output is unchanged).
     first_photo = paths[0]
     check_output = convolutions[CHECK_SCOPE].output_index
@@ -264,7 +266,7 @@ def import_deeplab_encoder(
         "model_options": dict(MODEL_OPTIONS),
         "source": tflite_path.name,
         "source_sha256": hashlib.sha256(tflite_path.read_bytes()).hexdigest(),
-        "convolutions": len(expected),
+        "convolutions": len(SCOPES),
         "tensors": len(state),
         "check_correlation": round(correlation, 5),
         "check_image": first_photo.name,
