@@ -35,7 +35,9 @@ import numpy as np
 
 from datatool import __version__
 from datatool.boundary import place_file
-from datatool.canonical import MANIFEST, REPORT, read_manifest, validate_row, write_file
+from datatool.canonical import MANIFEST, REPORT, read_rows, write_file
+from datatool.images import ImageError, read_image
+from datatool.outputs import OutputFolder
 from datatool.progress import progress
 from datatool.report import Report
 from datatool.sources.base import IMAGE_SUFFIXES, walk_files
@@ -97,7 +99,6 @@ def build_backgrounds(
     options.check()
     sets = [Path(path).expanduser().resolve() for path in sets]
     include = [Path(path).expanduser().resolve() for path in include]
-    output = Path(output).expanduser().resolve()
     if not sets and not include:
         raise ValueError("nothing to do: give at least one --input set or --include folder")
     for set_dir in sets:
@@ -110,37 +111,43 @@ def build_backgrounds(
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         raise ValueError(f"two inputs share the folder name {', '.join(clashes)}: their backgrounds would share one subfolder")
-    if output in [*sets, *include]:
-        raise ValueError("the output must be another folder than the inputs")
+    library = OutputFolder(output, [*sets, *include])
+    output = library.path
     report = Report()
-    produced: set[Path] = set()
+    rows_of_set = {set_dir: list(read_rows(set_dir, report, shown=f"{set_dir.name}/{MANIFEST}")) for set_dir in sets}
+    library.begin()
+    produced: set[str] = set()
     photos = cut = 0
-    for set_dir in sets:
-        rows = list(read_manifest(set_dir))
+    for set_dir, rows in rows_of_set.items():
         photos += len(rows)
         for row in progress(rows, desc=f"backgrounds {set_dir.name}"):
             for kind, pixels in backgrounds_of_row(set_dir, row, options, report):
-                target = output / set_dir.name / f"{row['id']}-{kind}.jpg"
+                name = f"{set_dir.name}/{row['id']}-{kind}.jpg"
                 ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
                 if not ok:  # OpenCV cannot encode this array; never expected for uint8 BGR
-                    raise RuntimeError(f"could not encode background {target}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_file(target, encoded.tobytes())
-                produced.add(target)
+                    raise RuntimeError(f"could not encode background {output / name}")
+                library.claim([name])
+                (output / set_dir.name).mkdir(exist_ok=True)
+                write_file(output / name, encoded.tobytes())
+                produced.add(name)
                 cut += 1
                 report.counts[f"{kind.rstrip('0123456789')}_backgrounds"] += 1  # filled_ or crop_
     included = 0
     for folder in include:
         for path in walk_files(folder, report, IMAGE_SUFFIXES):
-            target = output / folder.name / path.relative_to(folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            report.counts[place_file(path, target)] += 1
-            produced.add(target)
+            name = f"{folder.name}/{path.relative_to(folder).as_posix()}"
+            try:
+                read_image(path).validate()  # linked as it is: synth must not meet a corrupt file later
+            except ImageError as error:
+                report.skip(path, f"background not usable: {error}")
+                continue
+            library.claim([name])
+            report.counts[place_file(path, output / name)] += 1
+            produced.add(name)
             included += 1
-    stale = [path for path in output.rglob("*") if path.is_file() and path not in produced and path.name != REPORT]
-    for path in stale:  # backgrounds of photos or folders that left the inputs since the last run
-        path.unlink()
-    report.counts.update(photos=photos, backgrounds=cut, included=included, removed_stale_files=len(stale))
+    # Backgrounds of photos or folders that left the inputs since the last run; nothing else is touched.
+    removed = library.finish(produced)
+    report.counts.update(photos=photos, backgrounds=cut, included=included, removed_stale_files=removed)
     header = {
         "stage": "backgrounds",
         "version": __version__,
@@ -156,11 +163,6 @@ def build_backgrounds(
 def backgrounds_of_row(set_dir: Path, row: dict[str, Any], options: BackgroundOptions, report: Report) -> list[tuple[str, np.ndarray]]:
     """(kind, BGR pixels) of the backgrounds of one manifest row (see `cut_backgrounds`); problems go to the report."""
     shown = Path(set_dir.name)  # report paths as <set name>/images/...: several sets share one report
-    try:
-        validate_row(row)
-    except ValueError as error:
-        report.skip(shown / MANIFEST, f"invalid manifest row: {error}")
-        return []
     image = cv2.imread(str(set_dir / row["image"]), cv2.IMREAD_COLOR)
     mask = cv2.imread(str(set_dir / row["mask"]), cv2.IMREAD_GRAYSCALE)
     if image is None or mask is None:

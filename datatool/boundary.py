@@ -44,10 +44,10 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import MANIFEST, REPORT, read_manifest, validate_row, write_manifest, write_mask
+from datatool.canonical import FILE_FIELDS, MANIFEST, REPORT, read_rows, write_manifest, write_mask
+from datatool.outputs import OutputFolder
 from datatool.progress import progress
 from datatool.report import Report
-from datatool.reuse import remove_stale_files
 
 EDGES = "edges"
 METHODS = ("morph", "canny", "sobel")
@@ -101,48 +101,46 @@ def build_boundaries(input_dir: Path, output: Path, *, width: int = 4, method: s
     a sample whose mask cannot be read is reported and left out.
     """
     edge_map(np.zeros((1, 1), np.uint8), width, method)  # checks width and method before any work
-    input_dir, output = Path(input_dir).expanduser().resolve(), Path(output).expanduser()
+    input_dir = Path(input_dir).expanduser().resolve()
     if not (input_dir / MANIFEST).is_file():
         raise ValueError(f"input {input_dir} is not a canonical set (no {MANIFEST})")
-    if output.resolve() == input_dir:
-        raise ValueError("the output must be another folder than the input")
-    # Every visible folder of the input holds per-sample files (images/, masks/, teacher_masks/ ...);
-    # an `edges/` the input may already have is replaced by the new one.
+    folder = OutputFolder(output, [input_dir])
+    output = folder.path
+    # The input's visible folders (images/, masks/, teacher_masks/ ...) hold what the rows' file
+    # fields name; an `edges/` the input may already have is replaced by the new one.
     carried = sorted(entry.name for entry in os.scandir(input_dir) if entry.is_dir() and not entry.name.startswith(".") and entry.name != EDGES)
-    for folder in [*carried, EDGES]:
-        (output / folder).mkdir(parents=True, exist_ok=True)
+    folder.begin([*carried, EDGES])
     report = Report(input_dir)
-    kept_ids: set[str] = set()
-    with (input_dir / MANIFEST).open() as lines:
+    produced: set[str] = set()
+    with (input_dir / MANIFEST).open("rb") as lines:
         total = sum(1 for line in lines if line.strip())  # for the progress bar; rows are streamed
 
     def output_rows() -> Iterator[dict[str, Any]]:
-        for row in progress(read_manifest(input_dir), total=total, desc=f"boundary {input_dir.name}"):
-            try:
-                validate_row(row)
-            except ValueError as error:
-                report.skip(MANIFEST, f"invalid manifest row: {error}")
-                continue
+        for row in progress(read_rows(input_dir, report), total=total, desc=f"boundary {input_dir.name}"):
             sample_id = row["id"]
             mask = cv2.imread(str(input_dir / row["mask"]), cv2.IMREAD_UNCHANGED)
             if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
                 report.skip(input_dir / row["mask"], "unreadable mask: missing or not a one-channel 8-bit image", id=sample_id)
                 continue
-            missing = carry_files(row, input_dir, output, carried, report)
+            files = [*carried_files(row), f"{EDGES}/{sample_id}.png"]
+            missing = next((name for name in files[:-1] if not (input_dir / name).is_file()), None)
             if missing:
                 report.skip(input_dir / missing, "file named in the manifest is missing", id=sample_id)
                 continue
+            folder.claim(files)
+            for name in files[:-1]:
+                report.counts[place_file(input_dir / name, output / name)] += 1
             edge = edge_map(mask, width, method)
-            write_mask(output / EDGES / f"{sample_id}.png", edge)
+            write_mask(output / files[-1], edge)
             report.counts["edge_pixels"] += int(np.count_nonzero(edge))
             report.counts["empty_edges"] += not edge.any()
-            kept_ids.add(sample_id)
-            yield {**row, "edge": f"{EDGES}/{sample_id}.png"}
+            produced.update(files)
+            yield {**row, "edge": files[-1]}
 
     written = write_manifest(output, output_rows())
     report.counts["rows"] = total
     report.counts["written"] = written
-    report.counts["removed_stale_files"] = remove_stale_files([output / folder for folder in [*carried, EDGES]], kept_ids)
+    report.counts["removed_stale_files"] = folder.finish(produced)
     header = {
         "stage": "boundary",
         "version": __version__,
@@ -155,22 +153,17 @@ def build_boundaries(input_dir: Path, output: Path, *, width: int = 4, method: s
     return BoundaryResult(output=output, rows=total, written=written, skipped=len(report.skipped), report=summary)
 
 
-def carry_files(row: dict[str, Any], input_dir: Path, output: Path, carried: list[str], report: Report) -> str | None:
-    """Link (or copy) every file of the row that lies in a carried folder; return the first missing one."""
-    for value in row.values():
-        if not isinstance(value, str) or PurePosixPath(value).parts[:1] not in [(folder,) for folder in carried]:
-            continue
-        source, target = input_dir / value, output / value
-        if not source.is_file():
-            return value
-        report.counts[place_file(source, target)] += 1
-    return None
+def carried_files(row: dict[str, Any]) -> list[str]:
+    """The row's own files (image, mask, teacher mask); a path that leaves the set is not followed."""
+    files = [row[name] for name in FILE_FIELDS if name != "edge" and isinstance(row.get(name), str)]
+    return [name for name in files if ".." not in PurePosixPath(name).parts and not PurePosixPath(name).is_absolute()]
 
 
 def place_file(source: Path, target: Path) -> str:
     """Hard-link `source` at `target` (replacing what is there), copying across filesystems; return how."""
     if target.is_file() and os.path.samefile(source, target):
         return "linked_files"  # an earlier run's link is still the same file
+    target.parent.mkdir(parents=True, exist_ok=True)  # rows may name files in sub-folders
     temporary = target.with_name(f".{target.name}.tmp")
     temporary.unlink(missing_ok=True)
     try:

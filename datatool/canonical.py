@@ -18,16 +18,19 @@ import cv2
 import numpy as np
 
 from datatool.images import DecodedImage
+from datatool.report import Report
 
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
 IMAGES = "images"
 MASKS = "masks"
 REQUIRED_FIELDS = ("id", "image", "mask", "source", "width", "height", "mask_kind", "group")
+FILE_FIELDS = ("image", "mask", "teacher_mask", "edge")  # the fields that name a sample's files in the set
 MASK_KINDS = ("binary", "alpha", "soft")
 JPEG_QUALITY = 95  # images that must be re-encoded (rotated, converted, downscaled)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # what make_id gives; never a path or a dot-file
 
 
 def make_id(name: str, key: str) -> str:
@@ -54,6 +57,43 @@ def read_manifest(set_dir: Path) -> Iterator[dict[str, Any]]:
                     raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
 
 
+def read_rows(set_dir: Path, report: Report, shown: str = MANIFEST) -> Iterator[dict[str, Any]]:
+    """Stream the rows of a canonical set that a stage can use; every other line is reported and skipped.
+
+    A line that is not UTF-8 or not JSON, a row that breaks the contract (`validate_row`) and a
+    row whose id an earlier row already has (its files would overwrite the first one's) each get
+    a report entry `shown:LINE` with the reason; the first row of an id is kept.
+    """
+    first_line: dict[str, int] = {}
+    with (Path(set_dir) / MANIFEST).open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            where = f"{shown}:{number}"
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                report.skip(where, "invalid manifest line: not UTF-8 text")
+                continue
+            except json.JSONDecodeError as error:
+                report.skip(where, f"invalid manifest line: not JSON ({error.msg})")
+                continue
+            try:
+                if not isinstance(row, dict):
+                    raise ValueError(f"manifest line is a JSON {type(row).__name__}, not an object")
+                validate_row(row)
+            except ValueError as error:
+                report.skip(where, f"invalid manifest row: {error}")
+                continue
+            sample_id = row["id"]
+            if sample_id in first_line:
+                report.skip(where, f"duplicate id: {sample_id} is also on line {first_line[sample_id]} (that row is kept)", id=sample_id)
+                report.counts["duplicate_ids"] += 1
+                continue
+            first_line[sample_id] = number
+            yield row
+
+
 def write_manifest(set_dir: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write `manifest.jsonl` atomically (a crash never leaves half a manifest); return the row count."""
     path = Path(set_dir) / MANIFEST
@@ -72,6 +112,13 @@ def validate_row(row: dict[str, Any]) -> None:
     missing = [name for name in REQUIRED_FIELDS if name not in row]
     if missing:
         raise ValueError(f"manifest row {row.get('id', '?')} lacks {', '.join(missing)}")
+    if not isinstance(row["id"], str) or not SAFE_ID.fullmatch(row["id"]):
+        # Ids name the files later stages write: "../x" or "a/b" would write outside the set.
+        raise ValueError(f"manifest row id {row['id']!r} is not a file-name-safe id (letters, digits, . _ -)")
+    for name in ("image", "mask"):
+        value = row[name]
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError(f"manifest row {row['id']}: {name} {value!r} is not a path inside the set")
     if row["mask_kind"] not in MASK_KINDS:
         raise ValueError(f"manifest row {row['id']}: mask_kind {row['mask_kind']!r} not in {MASK_KINDS}")
 

@@ -8,7 +8,21 @@ import click
 from datatool import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """Every command's run-level file errors (disk full, no permission, a folder gone) become one message."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            raise click.ClickException(
+                f"{where}{error.strerror or error}. The run stopped; fix this (free disk space, permissions) and run the "
+                "command again: a set-writing stage reuses the samples it finished"
+            ) from error
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="datatool")
 def main() -> None:
     """Prepare person-segmentation data: ingest datasets into canonical sets, build demo data."""
@@ -55,6 +69,7 @@ def print_report_and_exit_status(report: dict, output_dir: Path, *, produced: in
 def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict, images_dir, masks_dir, neutral) -> None:
     """Ingest a downloaded dataset (SOURCE layout) into a validated canonical set."""
     from datatool.ingest import ingest as run_ingest
+    from datatool.outputs import OutputError
     from datatool.sources import LayoutError, create_source
 
     options = {}
@@ -73,6 +88,8 @@ def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict
     name = name or (source.root.name if source_format == "folder" else source_format)
     try:
         result = run_ingest(source, output_dir, name=name, workers=workers, max_side=max_side)
+    except OutputError as error:
+        raise click.UsageError(str(error)) from error
     except LayoutError as error:
         raise click.ClickException(str(error)) from error
 
@@ -275,6 +292,9 @@ def split(inputs, more_inputs, output_dir, val_fraction, test_fraction, seed, ex
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     report = result.report
+    if sum(result.counts.values()) == 0:
+        print_reasons("skipped", report["skipped"])
+        raise click.ClickException(f"no sample to split: every input row was skipped or excluded; the reasons are in {output_dir / 'report.json'}")
     click.echo(
         "split: " + ", ".join(f"{name} {result.counts[name]} ({report['groups_per_split'][name]} groups)" for name in SPLITS)
         + f"; {result.excluded} excluded in {report['seconds']:.1f} s"

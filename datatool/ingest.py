@@ -27,9 +27,10 @@ from datatool import __version__
 from datatool.canonical import IMAGES, MASKS, REPORT, copy_image, encode_image, make_id, write_manifest, write_mask
 from datatool.images import TRANSPOSING_ORIENTATIONS, ImageError, apply_orientation, oriented_size, read_image
 from datatool.masks import Mask, MaskError, fit_mask, same_aspect
+from datatool.outputs import OutputFolder
 from datatool.progress import progress
-from datatool.report import Report
-from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, relative_to, remove_stale_files, signature
+from datatool.report import Report, printable
+from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, relative_to, signature
 from datatool.sources.base import Record, Source
 
 # Bump when the same input would give different output files, so old state is not reused.
@@ -67,21 +68,21 @@ def ingest(
     name = name or source.name
     options = IngestOptions(max_side=max_side or None)
     workers = workers or os.cpu_count() or 1
-    output = Path(output)
+    folder = OutputFolder(output, [source.root])
+    output = folder.path
     report = Report(source.root)
-    records = source.scan(report)
+    records = unique_ids(source.scan(report), name, report)
     report.counts["records"] = len(records)
 
-    (output / IMAGES).mkdir(parents=True, exist_ok=True)
-    (output / MASKS).mkdir(parents=True, exist_ok=True)
     run_signature = signature(
         engine=ENGINE_VERSION, name=name, source=source.name, root=str(source.root),
         source_options=source.options(), options=asdict(options),
     )  # fmt: skip
     previous = load_state(output / STATE, run_signature)
+    folder.begin([IMAGES, MASKS], claims=(path for sample_id, _ in records for path in sample_files(sample_id)))
 
     encodings: Counter[str] = Counter()
-    kept_ids: set[str] = set()
+    produced: set[str] = set()
 
     def manifest_rows(state: StateWriter) -> Iterator[dict[str, Any]]:
         outcomes = process_records(source, records, name, output, options, previous, workers)
@@ -96,14 +97,14 @@ def ingest(
             if outcome.skip is not None:
                 report.skip(outcome.skip["file"], outcome.skip["reason"])
                 continue
-            kept_ids.add(outcome.sample_id)
+            produced.update((outcome.row["image"], outcome.row["mask"]))
             encodings[outcome.row["mask_encoding"]] += 1
             yield outcome.row
 
     with StateWriter(output / STATE, run_signature) as state:
         ingested = write_manifest(output, manifest_rows(state))
     report.counts["ingested"] = ingested
-    report.counts["removed_stale_files"] = remove_stale_files([output / IMAGES, output / MASKS], kept_ids)
+    report.counts["removed_stale_files"] = folder.finish(produced)
     header = {
         "stage": "ingest",
         "version": __version__,
@@ -125,9 +126,27 @@ def ingest(
     )
 
 
+def unique_ids(records: list[Record], name: str, report: Report) -> list[tuple[str, Record]]:
+    """(sample id, record) pairs; a record whose id is taken is reported with both files, never written over the other."""
+    first: dict[str, Record] = {}
+    for record in records:
+        sample_id = make_id(name, record.key)
+        if sample_id in first:
+            report.skip(record.image, f"duplicate sample id {sample_id}: {report.relative(first[sample_id].image)} has it too (kept)")
+            report.counts["duplicate_ids"] += 1
+        else:
+            first[sample_id] = record
+    return [(sample_id, record) for sample_id, record in first.items()]
+
+
+def sample_files(sample_id: str) -> tuple[str, ...]:
+    """Every file a sample may be written as (the image is a JPEG or a PNG)."""
+    return (f"{IMAGES}/{sample_id}.jpg", f"{IMAGES}/{sample_id}.png", f"{MASKS}/{sample_id}.png")
+
+
 def process_records(
     source: Source,
-    records: list[Record],
+    records: list[tuple[str, Record]],
     name: str,
     output: Path,
     options: IngestOptions,
@@ -148,8 +167,7 @@ def process_records(
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=limit_worker_threads)
     pending: deque[tuple[Record, Future | Outcome, bool]] = deque()
     try:
-        for record in records:
-            sample_id = make_id(name, record.key)
+        for sample_id, record in records:
             inputs = file_fingerprint(source.inputs(record), source.root)
             cached = previous.get(sample_id)
             if cached is not None and inputs is not None and cached["inputs"] == inputs and outputs_exist(output, cached):
@@ -244,7 +262,7 @@ def ingest_record(
         "source": name,
         "source_format": source.name,
         "source_image": record.key,
-        "source_mask": relative_to(record.mask, source.root),
+        "source_mask": printable(relative_to(record.mask, source.root)),
         "width": width,
         "height": height,
         "mask_kind": mask.kind,

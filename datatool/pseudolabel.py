@@ -57,12 +57,13 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import (
-    IMAGES, MANIFEST, MASKS, REPORT, copy_image, encode_image, make_id, read_manifest, validate_row, write_manifest, write_mask,
+    IMAGES, MANIFEST, MASKS, REPORT, copy_image, encode_image, make_id, read_rows, write_manifest, write_mask,
 )  # fmt: skip
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
+from datatool.outputs import OutputFolder
 from datatool.progress import progress
-from datatool.report import Report
-from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, remove_stale_files, signature
+from datatool.report import Report, printable
+from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, signature
 from datatool.sources.base import IMAGE_SUFFIXES, walk_files
 from datatool.teachers.base import Teacher, TeacherError
 
@@ -73,7 +74,6 @@ SOURCE_FORMAT = "photos"  # `source_format` of rows labelled from a photo folder
 MASK_ENCODING = "teacher probability x255"
 PERSON_LEVEL = 128  # stored value at which a pixel counts as person (p >= 0.5)
 UNCERTAIN_BAND = (0.1, 0.9)  # open interval of p that counts as uncertain
-JPEG_REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 DECIMALS = 4  # manifest precision of the quality fields
 FAILS = {"<": operator.lt, ">": operator.gt}  # how a value fails a minimum ("<") or a maximum (">")
 
@@ -162,29 +162,31 @@ def pseudolabel(
     options = options or PseudolabelOptions()
     if options.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {options.batch_size}")
-    input_dir, output = Path(input_dir).expanduser().resolve(), Path(output).expanduser()
+    input_dir = Path(input_dir).expanduser().resolve()
     if not input_dir.is_dir():
         raise ValueError(f"input {input_dir} is not a folder of photos or a canonical set")
-    if output.resolve() == input_dir:
-        raise ValueError("the output must be another folder than the input")
+    # An output inside a photo folder is left out of its scan (users keep labels beside their photos).
+    folder = OutputFolder(output, [input_dir], allow_inside=True)
+    output = folder.path
     canonical = (input_dir / MANIFEST).is_file()
     name = name or input_dir.name
     report = Report(input_dir)
     photos = scan_canonical(input_dir, report) if canonical else scan_photos(input_dir, output, report)
     report.counts["photos"] = len(photos)
 
-    for folder in (IMAGES, MASKS) + ((TEACHER_MASKS,) if canonical else ()):
-        (output / folder).mkdir(parents=True, exist_ok=True)
     # What, besides the input files, decides the output files (the review thresholds do not).
     run_signature = signature(
         engine=ENGINE_VERSION, teacher=teacher.label, name=name, root=str(input_dir),
         canonical=canonical, max_side=options.max_side or None,
     )  # fmt: skip
     previous = load_state(output / STATE, run_signature)
+    folders = (IMAGES, MASKS) + ((TEACHER_MASKS,) if canonical else ())
+    ids = (photo.key if canonical else make_id(name, photo.key) for photo in photos)
+    folder.begin(folders, claims=(path for sample_id in ids for path in sample_files(sample_id, canonical)))
     labeller = Labeller(teacher, name, input_dir, output, canonical, options)
     totals: Counter[str] = Counter()
     quality: dict[str, list[float]] = {key: [] for key in ("confidence", "uncertain_fraction", "teacher_agreement", "teacher_iou")}
-    kept_ids: set[str] = set()
+    produced: set[str] = set()
 
     def manifest_rows(state: StateWriter) -> Iterator[dict[str, Any]]:
         outcomes = labeller.label_in_order(photos, previous)
@@ -199,7 +201,7 @@ def pseudolabel(
             if outcome.skip is not None:
                 report.skip(outcome.skip["file"], outcome.skip["reason"])
                 continue
-            kept_ids.add(outcome.sample_id)
+            produced.update(outcome.row[field] for field in ("image", "mask", "teacher_mask") if field in outcome.row)
             row = with_review(outcome.row, options.review)
             totals["needs_review"] += row["needs_review"]
             for key, values in quality.items():
@@ -211,7 +213,7 @@ def pseudolabel(
         labelled = write_manifest(output, manifest_rows(state))
     report.counts["labelled"] = labelled
     report.counts["needs_review"] = totals["needs_review"]
-    report.counts["removed_stale_files"] = remove_stale_files([output / IMAGES, output / MASKS, output / TEACHER_MASKS], kept_ids)
+    report.counts["removed_stale_files"] = folder.finish(produced)
     header = {
         "stage": "pseudolabel",
         "version": __version__,
@@ -258,21 +260,19 @@ def scan_photos(root: Path, output: Path, report: Report) -> list[InputPhoto]:
     for path in walk_files(root, report, IMAGE_SUFFIXES):
         if path.resolve().is_relative_to(output):
             continue  # an output folder inside the input must not be labelled on the next run
-        photos.append(InputPhoto(key=path.relative_to(root).as_posix(), path=path))
+        photos.append(InputPhoto(key=printable(path.relative_to(root).as_posix()), path=path))
     return photos
 
 
 def scan_canonical(root: Path, report: Report) -> list[InputPhoto]:
-    """The rows of a canonical set; rows that break the manifest contract are reported."""
-    photos = []
-    for row in read_manifest(root):
-        try:
-            validate_row(row)
-        except ValueError as error:
-            report.skip(MANIFEST, f"invalid manifest row: {error}")
-            continue
-        photos.append(InputPhoto(key=row["id"], path=root / row["image"], row=row))
-    return photos
+    """The usable rows of a canonical set; bad lines and repeated ids are reported (`read_rows`)."""
+    return [InputPhoto(key=row["id"], path=root / row["image"], row=row) for row in read_rows(root, report)]
+
+
+def sample_files(sample_id: str, canonical: bool) -> tuple[str, ...]:
+    """Every file a sample may be written as (the image is a JPEG or a PNG)."""
+    files = (f"{IMAGES}/{sample_id}.jpg", f"{IMAGES}/{sample_id}.png", f"{MASKS}/{sample_id}.png")
+    return files + ((f"{TEACHER_MASKS}/{sample_id}.png",) if canonical else ())
 
 
 # -- labelling -----------------------------------------------------------------------------------
@@ -375,16 +375,17 @@ class Labeller:
             counts["copied_images"] = 1
         else:
             bgr, factor = decode_bounded(image, max_side if downscaled else None)
-            notes.extend(image.notes if factor == 1 else conversion_notes(image.mode))
+            notes.extend(image.notes if factor == 1 else [*image.header_notes, *conversion_notes(image.mode)])
             bgr = apply_orientation(bgr, image.orientation)
             if image.orientation != 1:
                 notes.append(f"EXIF orientation {image.orientation} applied")
             if downscaled:
                 bgr = shrink(bgr, max_side)
-                notes.append(f"downscaled from {width}x{height} to {bgr.shape[1]}x{bgr.shape[0]}")
                 counts["downscaled_to_max_side"] = 1
-                if factor > 1:
-                    counts["decoded_at_reduced_scale"] = 1
+            if factor > 1:  # also without --max-side: a photo above the pixel limit
+                counts["decoded_at_reduced_scale"] = 1
+            if bgr.shape[:2] != (height, width):
+                notes.append(f"downscaled from {width}x{height} to {bgr.shape[1]}x{bgr.shape[0]}")
             image_name = encode_image(self.output / IMAGES / sample_id, bgr, image.format)
             counts["encoded_images"] = 1
         del image  # the file's bytes and any full-size pixels are not needed any more
@@ -476,16 +477,9 @@ class GroundTruthError(ValueError):
 
 def decode_bounded(image, max_side: int | None) -> tuple[np.ndarray, int]:
     """(BGR pixels in stored orientation, scale divisor): a JPEG much larger than `max_side` is
-    decoded at 1/2, 1/4 or 1/8 scale by libjpeg, never below `max_side`; anything else whole."""
-    if max_side and image.format == "JPEG":
-        long_side = max(image.width, image.height)
-        for factor, flag in JPEG_REDUCED_FLAGS.items():
-            if -(-long_side // factor) >= max_side:  # libjpeg rounds the scaled size up
-                pixels = cv2.imdecode(np.frombuffer(image.data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
-                if pixels is None or pixels.size == 0:
-                    raise ImageError("corrupt or truncated image: JPEG data could not be decoded")
-                return pixels, factor
-    return image.pixels, 1
+    decoded at 1/2, 1/4 or 1/8 scale by libjpeg, never below `max_side` unless the pixel limit
+    requires it; anything else whole (`DecodedImage.bounded`; `ImageError` when too large)."""
+    return image.bounded(max_side)
 
 
 def conversion_notes(mode: str) -> list[str]:
@@ -494,12 +488,17 @@ def conversion_notes(mode: str) -> list[str]:
         return ["greyscale image converted to RGB"]
     if mode in ("CMYK", "YCCK"):
         return ["CMYK image converted to RGB"]
-    return []
+    return []  # a reduced decode is only ever a JPEG: 8-bit, without palette or alpha
 
 
 def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
-    """Downscale so the longer side is `max_side` (area filter, as ingest does)."""
+    """Downscale so the longer side is `max_side` (area filter, as ingest does); never enlarge.
+
+    A photo decoded at reduced scale for the pixel limit may already be smaller than `max_side`.
+    """
     height, width = pixels.shape[:2]
+    if max(height, width) <= max_side:
+        return pixels
     scale = max_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)

@@ -47,8 +47,9 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from datatool.canonical import MANIFEST, read_manifest
+from datatool.canonical import MANIFEST, read_rows
 from datatool.progress import progress
+from datatool.report import Report
 
 PERSON_LEVEL = 128  # stored value at which a pixel counts as person (p >= 0.5), as pseudolabel
 PERSON = 255  # the value of person pixels in every mask file the App shows
@@ -81,7 +82,8 @@ class BuildResult:
     not_in_inputs: int  # samples of an earlier build whose id no input has any more (kept, with their tags)
     teachers: list[str]
     predictions: int
-    missing_files: list[dict[str, str]] = field(default_factory=list)
+    missing_files: list[dict[str, str]] = field(default_factory=list)  # {id, file, reason} of what was left out:
+    # samples with a missing or unreadable file, manifest lines that are no sample (id "line N", file "manifest:N")
     views: list[str] = field(default_factory=list)
 
 
@@ -130,7 +132,7 @@ def build_dataset(
     if predictions is not None and not Path(predictions).is_dir():
         raise QaError(f"predictions folder {predictions} does not exist; give a folder of <id>.png masks")
     splits = read_splits(Path(split_dir)) if split_dir is not None else {}
-    rows_by_id = collect_rows(sets)
+    rows_by_id, bad_lines = collect_rows(sets)
     masks_dir = Path(masks_dir).expanduser().resolve()
 
     fo = import_fiftyone()
@@ -170,8 +172,8 @@ def build_dataset(
         not_in_inputs=len(existing - set(rows_by_id)),
         teachers=sorted(teachers),
         predictions=predicted,
-        missing_files=missing,
         views=views,
+        missing_files=bad_lines + missing,
     )
 
 
@@ -206,19 +208,24 @@ class MissingFile(Exception):
         self.path, self.reason = path, reason
 
 
-def collect_rows(sets: list[Path]) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
-    """Every sample id with the (set, row) pairs that describe it, in input order.
+def collect_rows(sets: list[Path]) -> tuple[dict[str, list[tuple[Path, dict[str, Any]]]], list[dict[str, str]]]:
+    """Every sample id with the (set, row) pairs that describe it, in input order, and the manifest
+    lines that are no usable row (`read_rows`: not JSON, against the contract, a repeated id) as
+    {id: "line N", file: "<manifest>:N", reason}, skipped rather than fatal.
 
     A pseudolabel run over a canonical set keeps its ids, so one id may come from the input
     set and from several teachers' runs over it.
     """
     rows: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
+    report = Report()
     for set_dir in sets:
-        for number, row in enumerate(read_manifest(set_dir), 1):
-            if not isinstance(row.get("id"), str) or "image" not in row or "mask" not in row:
-                raise QaError(f"{set_dir / MANIFEST}:{number}: a canonical row needs id, image and mask")
+        for row in read_rows(set_dir, report, shown=str(set_dir / MANIFEST)):
             rows[row["id"]].append((set_dir, row))
-    return rows
+    bad_lines = [
+        {"id": f"line {entry['file'].rpartition(':')[2]}", "file": entry["file"], "reason": entry["reason"]}
+        for entry in report.skipped
+    ]
+    return rows, bad_lines
 
 
 def read_splits(split_dir: Path) -> dict[str, str]:
@@ -229,8 +236,16 @@ def read_splits(split_dir: Path) -> dict[str, str]:
     for split in SPLIT_FILES:
         path = split_dir / f"{split}.jsonl"
         if path.is_file():
-            with path.open() as lines:
-                splits.update({json.loads(line)["id"]: split for line in lines if line.strip()})
+            with path.open("rb") as lines:
+                for number, line in enumerate(lines, 1):
+                    if line.strip():
+                        try:
+                            splits[json.loads(line)["id"]] = split
+                        except (ValueError, TypeError, KeyError) as error:  # not JSON, not an object, no id
+                            raise QaError(
+                                f"{path}:{number}: not a split row with an id ({error!r}); "
+                                "re-run `datatool split` or leave --split-dir out"
+                            ) from error
     return splits
 
 

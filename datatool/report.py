@@ -1,10 +1,24 @@
 """The run report every stage writes: counts and every skipped, repaired or ignored input with its reason."""
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+
+def printable(name: str) -> str:
+    """A file name safe to print and to write as UTF-8 JSON, e.g. `bad\\xff.jpg`, `two\\nlines.jpg`.
+
+    Python keeps the bytes of a name that is not UTF-8 as lone surrogates, which UTF-8 output
+    (a terminal, `json.dumps(ensure_ascii=False)`) refuses: they are shown as `\\xNN` escapes
+    of the original bytes, and control characters (a newline in a name) as `\\n`-style escapes.
+    """
+    if name.isprintable():
+        return name
+    name = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in name)
 
 
 class Report:
@@ -25,14 +39,14 @@ class Report:
         self.started = time.perf_counter()
 
     def relative(self, file: Path | str) -> str:
-        """A path as the user knows it: relative to the input root when it lies inside it."""
+        """A path as the user knows it: relative to the input root when it lies inside it (`printable`)."""
         path = Path(file)
         if self.root is not None and path.is_absolute():
             try:
-                return path.relative_to(self.root).as_posix()
+                return printable(path.relative_to(self.root).as_posix())
             except ValueError:
                 pass
-        return path.as_posix()
+        return printable(path.as_posix())
 
     def skip(self, file: Path | str, reason: str, **extra: Any) -> None:
         self.skipped.append({"file": self.relative(file), "reason": reason, **extra})

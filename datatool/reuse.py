@@ -65,45 +65,29 @@ def load_state(path: Path, run_signature: str) -> dict[str, dict[str, Any]]:
 
 
 class StateWriter:
-    """Streams the new state beside the old one and replaces it only when the run completes.
+    """Streams the new state in place of the old one, one flushed line per finished sample.
 
-    Streamed, like the manifest, so memory does not grow with the number of samples; an
-    interrupted run leaves the previous state intact (and no temporary file).
+    The previous state is read (`load_state`) before this starts. An interrupted run leaves a
+    state of exactly the samples it finished, whose files are on disk, so the next run with the
+    same signature reuses them and does the rest; the old state is gone, so nothing a killed run
+    with other options replaced can be reused by mistake.
     """
 
     def __init__(self, path: Path, run_signature: str):
         self.path = path
-        self.temporary = path.with_name(path.name + ".tmp")
         self.signature = run_signature
 
     def __enter__(self) -> "StateWriter":
-        self.file = self.temporary.open("w")
-        self.file.write(json.dumps({"signature": self.signature}) + "\n")
+        self.file = self.path.open("w")
+        self.write({"signature": self.signature})
         return self
 
     def write(self, entry: dict[str, Any]) -> None:
         self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()  # on disk even when the process is killed
 
     def __exit__(self, error_type, error, traceback) -> None:
         self.file.close()
-        if error_type is None:
-            os.replace(self.temporary, self.path)
-        else:
-            self.temporary.unlink(missing_ok=True)
-
-
-def remove_stale_files(folders: Iterable[Path], kept_ids: Iterable[str]) -> int:
-    """Delete files of earlier runs whose sample id is no longer in the set; return the count."""
-    kept = set(kept_ids)
-    removed = 0
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            if Path(entry.name).stem not in kept:
-                os.unlink(entry.path)
-                removed += 1
-    return removed
 
 
 def relative_to(path: Path, root: Path) -> str:

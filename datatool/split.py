@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from datatool import __version__
-from datatool.canonical import MANIFEST, REPORT, read_manifest, validate_row
+from datatool.canonical import MANIFEST, REPORT, read_rows
+from datatool.outputs import check_output
 from datatool.report import Report
 
 SPLITS = ("train", "val", "test")
@@ -84,21 +85,34 @@ def hashed_split(group: str, options: SplitOptions) -> str:
 
 
 def read_exclusions(path: Path) -> list[str]:
-    """Sample ids from a JSON list of ids or an object `{"ids": [...]}`; anything else is a `ValueError`."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"exclusions file {path} is not valid JSON ({error.msg})") from error
-    ids = data.get("ids") if isinstance(data, dict) else data
-    if not isinstance(ids, list) or not all(isinstance(sample_id, str) for sample_id in ids):
-        raise ValueError(f"exclusions file {path}: expected a list of sample ids or {{\"ids\": [...]}}")
-    return ids
+    """Sample ids from a JSON list of ids or an object `{"ids": [...]}`; anything else is a `ValueError` naming the file."""
+    return list(read_exclusion_reasons(path))
 
 
 def read_exclusion_reasons(path: Path) -> dict[str, str]:
-    """Sample id -> why it is excluded: "excluded in QA: <tag>" from label QA's `samples`, else "excluded by list"."""
-    ids = read_exclusions(path)
-    data = json.loads(Path(path).read_text())
+    """Sample id -> why it is excluded: "excluded in QA: <tag>" from label QA's `samples`, else "excluded by list".
+
+    A file that is not UTF-8 JSON of that shape is a `ValueError` naming the file and what is wrong.
+    """
+    def refuse(detail: str) -> ValueError:
+        return ValueError(
+            f'{path}: not a JSON list of sample ids or {{"ids": [...]}} ({detail}); '
+            "fix it, or write it again with `datatool qa sync`"
+        )
+
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise refuse(f"cannot read it: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise refuse(f"not UTF-8 text: {error.reason}") from error
+    except json.JSONDecodeError as error:
+        raise refuse(f"invalid JSON at line {error.lineno}: {error.msg}") from error
+    ids = data.get("ids") if isinstance(data, dict) else data
+    if not isinstance(ids, list):
+        raise refuse("an object without an ids list" if isinstance(data, dict) else f"a JSON {type(data).__name__}")
+    if not all(isinstance(sample_id, str) for sample_id in ids):
+        raise refuse("an id that is not a string")
     tags = {}
     if isinstance(data, dict) and isinstance(data.get("samples"), list):
         tags = {entry["id"]: entry["tag"] for entry in data["samples"] if isinstance(entry, dict) and "id" in entry and "tag" in entry}
@@ -124,7 +138,7 @@ def split_sets(
     for set_dir in sets:
         if not (set_dir / MANIFEST).is_file():
             raise ValueError(f"input {set_dir} is not a canonical set (no {MANIFEST})")
-    output = Path(output).expanduser()
+    output = check_output(output, [])  # split files never replace a set's files: only a file in the way is refused
     output.mkdir(parents=True, exist_ok=True)
     excluded_ids = set(exclusions or [])
     reasons = exclusions if isinstance(exclusions, dict) else {}
@@ -187,19 +201,14 @@ def usable_rows(
     sets: list[Path], excluded_ids: set[str], report: Report, excluded_found: list[str] | None = None
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """(set, row) for each valid, not excluded, first-seen row of the sets, in order; the others reported."""
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for set_dir in sets:
-        for row in read_manifest(set_dir):
-            try:
-                validate_row(row)
-            except ValueError as error:
-                report.skip(set_dir / MANIFEST, f"invalid manifest row: {error}")
-                continue
+        for row in read_rows(set_dir, report, shown=str(set_dir / MANIFEST)):
             sample_id = row["id"]
             if sample_id in seen:
-                report.skip(set_dir / MANIFEST, f"duplicate id: {sample_id} (kept the first occurrence)", id=sample_id)
+                report.skip(set_dir / MANIFEST, f"duplicate id: {sample_id} is also in {seen[sample_id]} (kept the first occurrence)", id=sample_id)
                 continue
-            seen.add(sample_id)
+            seen[sample_id] = set_dir
             if sample_id in excluded_ids:
                 if excluded_found is not None:
                     excluded_found.append(sample_id)
@@ -233,10 +242,15 @@ class SplitWriters:
     def __exit__(self, error_type, error, traceback) -> None:
         for file in self.files.values():
             file.close()
-        for split, temporary in self.temporaries.items():
-            if error_type is None:
+        if error_type is None:
+            # All old splits go before any new one arrives: a run killed in between leaves missing
+            # split files (a clear error downstream), never a new train beside an old val.
+            for path in self.paths.values():
+                path.unlink(missing_ok=True)
+            for split, temporary in self.temporaries.items():
                 os.replace(temporary, self.paths[split])
-            else:
+        else:
+            for temporary in self.temporaries.values():
                 temporary.unlink(missing_ok=True)
 
 

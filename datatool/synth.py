@@ -39,11 +39,11 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, encode_image, make_id, read_manifest, validate_row, write_manifest, write_mask
+from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, encode_image, make_id, read_rows, write_manifest, write_mask
 from datatool.images import ImageError, apply_orientation, read_image
+from datatool.outputs import OutputFolder
 from datatool.progress import progress
 from datatool.report import Report
-from datatool.reuse import remove_stale_files
 from datatool.sources.base import IMAGE_SUFFIXES, walk_files
 
 SOURCE_FORMAT = "synth"
@@ -123,7 +123,7 @@ def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Pa
     """
     options = options or SynthOptions()
     options.check()
-    foregrounds, output = (Path(path).expanduser().resolve() for path in (foregrounds, output))
+    foregrounds = Path(foregrounds).expanduser().resolve()
     folders = [Path(path).expanduser().resolve() for path in ([backgrounds] if isinstance(backgrounds, str | Path) else backgrounds)]
     if not (foregrounds / MANIFEST).is_file():
         raise ValueError(f"foregrounds {foregrounds} is not a canonical set (no manifest.jsonl)")
@@ -132,8 +132,8 @@ def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Pa
     for folder in folders:
         if not folder.is_dir():
             raise ValueError(f"backgrounds {folder} is not a folder")
-    if output == foregrounds or output in folders:
-        raise ValueError("the output must be another folder than the inputs")
+    folder = OutputFolder(output, [foregrounds, *folders])
+    output = folder.path
     name = name or output.name
     report = Report(foregrounds)
     # With several folders a background's key starts with its folder's name, so keys stay unique.
@@ -149,19 +149,17 @@ def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Pa
             raise ValueError(f"no background image under {where}: the folder is empty")
         examples = "; ".join(f"{entry['file']}: {entry['reason']}" for entry in rejected[:3])
         raise ValueError(f"no usable background image under {where} ({len(rejected)} files rejected, e.g. {examples})")
-    rows = list(read_manifest(foregrounds))
+    rows = list(read_rows(foregrounds, report))
     report.counts["foregrounds"] = len(rows)
     report.counts["backgrounds"] = len(background_list)
-    for folder in (IMAGES, MASKS):
-        (output / folder).mkdir(parents=True, exist_ok=True)
+    folder.begin([IMAGES, MASKS])
 
     compositor = Compositor(background_list, options)
-    kept_ids: set[str] = set()
+    produced: set[str] = set()
 
     def manifest_rows() -> Iterator[dict[str, Any]]:
         for row in progress(rows, total=len(rows), desc=f"synth {name}"):
             try:
-                validate_row(row)
                 foreground = load_foreground(foregrounds, row)
             except (ValueError, OSError) as error:  # ImageError is a ValueError
                 report.skip(str(row.get("image", "manifest.jsonl")), f"foreground not usable: {error}", id=row.get("id"))
@@ -176,15 +174,16 @@ def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Pa
                 except BackgroundError as error:  # passed the scan's cheap check, fails the full decode
                     report.skip(error.key, f"background not usable: {error}", id=sample_id)
                     continue
-                stem = output / IMAGES / sample_id
-                image_name = encode_image(stem, image, "PNG" if options.image_format == "png" else "JPEG")
-                write_mask(output / MASKS / f"{sample_id}.png", alpha)
-                kept_ids.add(sample_id)
+                files = (f"{IMAGES}/{sample_id}.{options.image_format}", f"{MASKS}/{sample_id}.png")
+                folder.claim(files)
+                encode_image(output / IMAGES / sample_id, image, "PNG" if options.image_format == "png" else "JPEG")
+                write_mask(output / files[1], alpha)
+                produced.update(files)
                 report.counts["composites"] += 1
                 yield {
                     "id": sample_id,
-                    "image": f"{IMAGES}/{image_name}",
-                    "mask": f"{MASKS}/{sample_id}.png",
+                    "image": files[0],
+                    "mask": files[1],
                     "source": name,
                     "source_format": SOURCE_FORMAT,
                     "width": options.size[1],
@@ -201,7 +200,7 @@ def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Pa
                 }
 
     composites = write_manifest(output, manifest_rows())
-    report.counts["removed_stale_files"] = remove_stale_files([output / IMAGES, output / MASKS], kept_ids)
+    report.counts["removed_stale_files"] = folder.finish(produced)
     header = {
         "stage": "synth",
         "version": __version__,

@@ -62,12 +62,15 @@ def test_library_holds_cut_and_included_backgrounds_and_drops_stale_files(tmp_pa
     own = tmp_path / "own"
     write_image(own / "street.jpg", make_photo(40, 60, seed=4))
     (own / ".DS_Store").write_bytes(b"junk")
+    write_image(own / "gone.jpg", make_photo(40, 60, seed=5))
     output = tmp_path / "library"
-    (output / "photos").mkdir(parents=True)
-    (output / "photos" / "old-photo-crop0.jpg").write_bytes(b"from an earlier run")
+    build_backgrounds([source], output, include=[own], options=BackgroundOptions(crops=2, margin=0.0))
+    (own / "gone.jpg").unlink()  # its copy in the library is stale now
+    (output / "photos" / "users-own.jpg").write_bytes(b"not written by the stage: never removed")
     result = build_backgrounds([source], output, include=[own], options=BackgroundOptions(crops=2, margin=0.0))
     files = sorted(path.relative_to(output).as_posix() for path in output.rglob("*.jpg"))
-    assert files == ["own/street.jpg", "photos/wide-crop0.jpg", "photos/wide-crop1.jpg", "photos/wide-filled.jpg"]
+    assert files == ["own/street.jpg", "photos/users-own.jpg", "photos/wide-crop0.jpg", "photos/wide-crop1.jpg", "photos/wide-filled.jpg"]
+    files.remove("photos/users-own.jpg")
     for name in files:
         assert cv2.imread(str(output / name)) is not None
     assert (output / "own" / "street.jpg").samefile(own / "street.jpg")  # linked, not copied

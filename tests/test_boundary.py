@@ -156,4 +156,4 @@ def test_cli_soft_masks_and_method(tmp_path):
     thresholded = np.where(mask >= 128, 255, 0).astype(np.uint8)
     assert np.array_equal(edge, edge_map(thresholded, 2, "sobel"))
     refused = runner.invoke(main, ["boundary", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "in")])
-    assert refused.exit_code != 0 and "another folder" in refused.output
+    assert refused.exit_code != 0 and "is the input" in refused.output

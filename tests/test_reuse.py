@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from datatool.reuse import StateWriter, file_fingerprint, load_state, remove_stale_files, signature
+from datatool.reuse import StateWriter, file_fingerprint, load_state, signature
 
 
 def test_signature_is_stable_and_sensitive():
@@ -29,20 +29,15 @@ def test_state_round_trip_and_signature_mismatch(tmp_path):
     assert load_state(path, "sig") == {}
 
 
-def test_an_interrupted_run_keeps_the_old_state_and_leaves_no_temporary_file(tmp_path):
+def test_an_interrupted_run_leaves_the_state_of_the_samples_it_finished(tmp_path):
+    """The old state is replaced at the start (a killed run with other options may have replaced
+    its files); each finished sample is on disk at once, so the next run reuses exactly those."""
     path = tmp_path / ".state.jsonl"
     with StateWriter(path, "old") as state:
         state.write({"sample_id": "kept"})
     with pytest.raises(KeyboardInterrupt), StateWriter(path, "new") as state:
-        state.write({"sample_id": "half"})
+        state.write({"sample_id": "finished"})
         raise KeyboardInterrupt
-    assert json.loads(path.read_text().splitlines()[0]) == {"signature": "old"}
+    assert load_state(path, "old") == {}
+    assert load_state(path, "new") == {"finished": {"sample_id": "finished"}}
     assert [p.name for p in tmp_path.iterdir()] == [".state.jsonl"]
-
-
-def test_remove_stale_files_keeps_ids_with_dots(tmp_path):
-    (tmp_path / "images").mkdir()
-    for name in ("IMG_2020.01.01-abc.jpg", "gone-def.jpg"):
-        (tmp_path / "images" / name).write_bytes(b"")
-    assert remove_stale_files([tmp_path / "images", tmp_path / "missing"], ["IMG_2020.01.01-abc"]) == 1
-    assert [p.name for p in (tmp_path / "images").iterdir()] == ["IMG_2020.01.01-abc.jpg"]

@@ -12,13 +12,16 @@ Everything else (image decoding, EXIF, size checks, writing, caching, parallelis
 ingest engine's job, the same for every source.
 """
 
+import errno
 import os
+import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from datatool.images import file_type
 from datatool.masks import Mask, decode_mask_file
 from datatool.report import Report
 
@@ -93,17 +96,56 @@ def walk_files(directory: Path, report: Report, suffixes: frozenset[str] | None 
     """Every regular file under `directory` (recursive, sorted), minus junk, which is reported.
 
     Files with a suffix outside `suffixes` are reported as ignored too: nothing a user put in
-    the folder disappears without a line in the report.
+    the folder disappears without a line in the report. Nothing is opened here, and what cannot
+    be a sample is reported and passed over: FIFOs, sockets and devices (reading one blocks
+    forever), broken symbolic links, link loops and unreadable folders. Folders reached through
+    a symbolic link are walked after the real tree and each folder only once (by device and
+    inode): a link back to an ancestor ends, and a folder reachable both ways keeps its real path.
     """
-    with os.scandir(directory) as scan:
-        entries = sorted(scan, key=lambda entry: entry.name)
+    scanned: dict[tuple[int, int], Path] = {}
+    linked = [Path(directory)]
+    while linked:
+        yield from walk_folder(linked.pop(0), report, suffixes, scanned, linked)
+
+
+def walk_folder(
+    folder: Path, report: Report, suffixes: frozenset[str] | None, scanned: dict[tuple[int, int], Path], linked: list[Path]
+) -> Iterator[Path]:
+    """`walk_files` for one folder and the real folders below it; linked folders are appended to `linked`."""
+    try:
+        info = os.stat(folder)
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError as error:
+        report.skip(folder, f"unreadable folder: {error.strerror or error}")
+        report.counts["unreadable_folders"] += 1
+        return
+    identity = (info.st_dev, info.st_ino)
+    if identity in scanned:
+        report.ignore(folder, f"symbolic link to a folder already scanned: {report.relative(scanned[identity])}")
+        report.counts["ignored_repeated_folders"] += 1
+        return
+    scanned[identity] = folder
     for entry in entries:
         path = Path(entry.path)
         if is_junk(entry.name):
             report.ignore(path, "junk file (macOS/Windows metadata or hidden file)")
             report.counts["ignored_junk"] += 1
-        elif entry.is_dir(follow_symlinks=True):
-            yield from walk_files(path, report, suffixes)
+            continue
+        try:
+            info = entry.stat()  # follows symbolic links; never opens the file
+        except OSError as error:
+            report.skip(path, unusable_entry(entry, error))
+            report.counts["unusable_links"] += 1
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if entry.is_symlink():
+                linked.append(path)
+            else:
+                yield from walk_folder(path, report, suffixes, scanned, linked)
+        elif not stat.S_ISREG(info.st_mode):
+            report.ignore(path, f"not a regular file ({file_type(info.st_mode)})")
+            report.counts["ignored_special_files"] += 1
         elif suffixes is not None and path.suffix.lower() not in suffixes:
             report.ignore(path, f"not an image/mask file ({path.suffix or 'no extension'})")
             report.counts["ignored_other"] += 1
@@ -111,13 +153,24 @@ def walk_files(directory: Path, report: Report, suffixes: frozenset[str] | None 
             yield path
 
 
-def index_by_stem(files: list[Path], report: Report, what: str) -> dict[str, Path]:
-    """Map stem -> file; a second file with the same stem is reported, never silently chosen."""
+def unusable_entry(entry: os.DirEntry, error: OSError) -> str:
+    """Why a folder entry (almost always a symbolic link) could not even be looked at."""
+    if entry.is_symlink() and error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if entry.is_symlink() and error.errno == errno.ENOENT:
+        return "broken symbolic link"
+    return f"unreadable: {error.strerror or error}"
+
+
+def index_by_stem(files: Iterable[Path], report: Report, what: str, stem: Callable[[Path], str] = lambda path: path.stem) -> dict[str, Path]:
+    """Map stem -> file; a second file with the same stem (`a.jpg`, `a.png`) is reported with both
+    files and skipped, never silently chosen: the first in sorted order is kept."""
     by_stem: dict[str, Path] = {}
     for path in files:
-        if path.stem in by_stem:
-            report.skip(path, f"duplicate {what} stem: {path.stem} also at {report.relative(by_stem[path.stem])}")
+        key = stem(path)
+        if key in by_stem:
+            report.skip(path, f"duplicate {what} stem: {key} also at {report.relative(by_stem[key])} (that one is kept)")
             report.counts[f"duplicate_{what}"] += 1
         else:
-            by_stem[path.stem] = path
+            by_stem[key] = path
     return by_stem

@@ -12,7 +12,7 @@ from typing import Any
 
 from datatool.report import Report
 from datatool.sources import register
-from datatool.sources.base import IMAGE_SUFFIXES, MASK_SUFFIXES, Record, Source, walk_files
+from datatool.sources.base import IMAGE_SUFFIXES, MASK_SUFFIXES, Record, Source, index_by_stem, walk_files
 
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "training_images", "jpegimages", "photos", "input", "inputs")
 MASK_DIR_NAMES = (
@@ -66,7 +66,7 @@ class FolderSource(Source):
 
     def pair_folder(self, images_dir: Path, masks_dir: Path, report: Report) -> list[Record]:
         """Pair every image with its mask by relative stem; report both kinds of orphans."""
-        images = {relative_stem(path, images_dir): path for path in walk_files(images_dir, report, IMAGE_SUFFIXES)}
+        images = index_by_stem(walk_files(images_dir, report, IMAGE_SUFFIXES), report, "image", lambda path: relative_stem(path, images_dir))
         masks: dict[str, Path] = {}
         for path in walk_files(masks_dir, report, MASK_SUFFIXES):
             stem = relative_stem(path, masks_dir)

@@ -14,9 +14,10 @@ look black in a viewer; the shared decoder detects that from the values and scal
 Every stem is its own photo, so the stem is the split group.
 """
 
+import codecs
 from pathlib import Path
 
-from datatool.report import Report
+from datatool.report import Report, printable
 from datatool.sources import register
 from datatool.sources.base import (
     IMAGE_SUFFIXES,
@@ -70,7 +71,7 @@ class KagglePeopleSource(Source):
                 continue
             split = split_of.get(stem)
             report.counts[f"split_{split or 'none'}"] += 1
-            key = image.relative_to(self.root).as_posix()
+            key = printable(image.relative_to(self.root).as_posix())  # the sample id derives from it
             records.append(Record(key=key, image=image, mask=mask, group=stem, official_split=split))
         for stem, mask in masks.items():
             if stem not in images:
@@ -112,7 +113,7 @@ def read_official_split(split_dir: Path, report: Report) -> dict[str, str]:
             # Without the file the images are still usable, only without an official split.
             report.counts[f"split_file_missing_{split}"] += 1
             continue
-        for stem in read_stems(path):
+        for stem in read_stems(path, report) or []:
             previous = split_of.get(stem)
             if previous is None:
                 split_of[stem] = split
@@ -125,15 +126,39 @@ def read_official_split(split_dir: Path, report: Report) -> dict[str, str]:
                 )
                 report.counts["split_conflict"] += 1
     union = split_dir / UNION_FILE
-    if union.is_file():
-        check_union(union, read_stems(union), set(split_of), report)
+    stems = read_stems(union, report) if union.is_file() else None
+    if stems is not None:
+        check_union(union, stems, set(split_of), report)
     return split_of
 
 
-def read_stems(path: Path) -> list[str]:
-    """One stem per line; blank lines dropped, a stray image extension tolerated."""
+def read_stems(path: Path, report: Report) -> list[str] | None:
+    """One stem per line; blank lines dropped, a stray image extension tolerated.
+
+    A list that is not UTF-8 is read as Latin-1 (Windows tools still write the ANSI code page)
+    and reported as repaired. An unreadable or binary list is reported and None returned: the
+    images it names are kept, only without an official split.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return unusable_list(path, f"unreadable: {error.strerror or error}", report)
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Notepad's "Unicode"
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            return unusable_list(path, "not valid UTF-16 text", report)
+    elif b"\0" in data:
+        return unusable_list(path, "binary data, not text", report)
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")
+            report.repair(path, "split list is not UTF-8: read as Latin-1")
+            report.counts["split_list_not_utf8"] += 1
     stems = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         entry = line.strip()
         if not entry:
             continue
@@ -141,6 +166,11 @@ def read_stems(path: Path) -> list[str]:
             entry = Path(entry).stem
         stems.append(entry)
     return stems
+
+
+def unusable_list(path: Path, problem: str, report: Report) -> None:
+    report.skip(path, f"unusable split list, not used: {problem}")
+    report.counts["unusable_split_list"] += 1
 
 
 def check_union(path: Path, union: list[str], listed: set[str], report: Report) -> None:

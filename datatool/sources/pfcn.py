@@ -29,7 +29,8 @@ FETCH_COMMAND = "`datatool fetch pfcn --release DIR`"
 FETCH_HINT = "the release ships only URLs, many of them dead"
 # What scipy's MATLAB reader raises on truncated or corrupt files (found by fuzzing real .mat
 # files): it has no single error type, and a zlib error surfaces for compressed variables.
-MAT_READ_ERRORS = (MatReadError, OSError, ValueError, TypeError, IndexError, zlib.error)
+# MATLAB v7.3 files (HDF5) raise NotImplementedError.
+MAT_READ_ERRORS = (MatReadError, OSError, ValueError, TypeError, IndexError, zlib.error, NotImplementedError)
 
 
 @register
@@ -121,7 +122,7 @@ class PfcnSource(Source):
                 report.ignore(path, f"split list not found: its ids get no official {split} split")
                 report.counts["missing_split_list"] += 1
                 continue
-            for sample_id in self.read_split_list(path, variable):
+            for sample_id in self.read_split_list(path, variable, split, report):
                 previous = splits.setdefault(sample_id, split)
                 if previous != split:
                     # As for Kaggle's lists: the training side wins, so the official test split
@@ -131,18 +132,27 @@ class PfcnSource(Source):
                     report.counts["split_conflict"] += 1
         return splits
 
-    def read_split_list(self, path: Path, variable: str) -> list[str]:
-        """The ids of one split list, as '%05d' strings (the lists hold 1-based MATLAB integers)."""
+    def read_split_list(self, path: Path, variable: str, split: str, report: Report) -> list[str]:
+        """The ids of one split list, as '%05d' strings (the lists hold 1-based MATLAB integers).
+
+        An unreadable or corrupt list is reported and gives no ids: its samples are kept,
+        without an official split.
+        """
         try:
             ids = scipy.io.loadmat(path, variable_names=[variable]).get(variable)
         except MAT_READ_ERRORS as error:
-            raise self.layout_error(f"unreadable split list {path.name}: {error}") from error
-        if ids is None:
-            raise self.layout_error(f"{path.name} has no variable {variable!r} (found: {mat_variables(path)})")
-        ids = np.asarray(ids).ravel()  # stored as a 1xN row
-        if not np.issubdtype(ids.dtype, np.number) or (ids.size and (ids.min() < 1 or np.any(ids != np.round(ids)))):
-            raise self.layout_error(f"{path.name} variable {variable!r} does not hold positive integer ids")
-        return [f"{int(sample_id):05d}" for sample_id in ids]
+            problem = f"unreadable .mat file ({type(error).__name__}: {error})"
+        else:
+            ids = None if ids is None else np.asarray(ids).ravel()  # stored as a 1xN row
+            if ids is None:
+                problem = f"no variable {variable!r} (found: {mat_variables(path)})"
+            elif ids.dtype.kind not in "iuf" or not np.all(np.isfinite(ids) & (ids >= 1) & (ids == np.round(ids))):
+                problem = f"variable {variable!r} does not hold positive integer ids"
+            else:
+                return [f"{int(sample_id):05d}" for sample_id in ids]
+        report.skip(path, f"unusable split list, its ids get no official {split} split: {problem}")
+        report.counts["unusable_split_list"] += 1
+        return []
 
 
 def mat_variables(path: Path) -> str:

@@ -29,7 +29,7 @@ from PIL import Image
 from datatool.masks import PNG_SIGNATURE, Mask, MaskError
 from datatool.report import Report
 from datatool.sources import register
-from datatool.sources.base import IMAGE_SUFFIXES, Record, Source, is_junk, walk_files
+from datatool.sources.base import IMAGE_SUFFIXES, Record, Source, is_junk, unusable_entry, walk_files
 
 META_FILE = "meta.json"
 IMAGE_DIR = "img"
@@ -87,10 +87,15 @@ class SuperviselySource(Source):
         datasets = []
         for entry in sorted_entries(self.root):
             path = Path(entry.path)
+            try:
+                is_folder = entry.is_dir(follow_symlinks=True)
+            except OSError as error:  # a link loop, a folder it may not read
+                report.skip(path, unusable_entry(entry, error))
+                continue
             if is_junk(entry.name):
                 report.ignore(path, "junk file (macOS/Windows metadata or hidden file)")
                 report.counts["ignored_junk"] += 1
-            elif entry.is_dir(follow_symlinks=True):
+            elif is_folder:
                 if (path / IMAGE_DIR).is_dir() or (path / ANNOTATION_DIR).is_dir():
                     datasets.append(path)
                 elif entry.name not in (IMAGE_DIR, ANNOTATION_DIR):  # those make a LayoutError instead

@@ -187,16 +187,20 @@ def test_split_lists_may_be_stored_as_double_and_one_may_be_missing(release):
 @pytest.mark.parametrize(
     ("file", "variables", "problem"),
     [
-        ("trainlist.mat", {"ids": np.array([[1]], np.uint16)}, "trainlist.mat has no variable 'trainlist'"),
+        ("trainlist.mat", {"ids": np.array([[1]], np.uint16)}, "no variable 'trainlist'"),
         ("testlist.mat", {"testlist": np.array([[0, 3]], np.uint16)}, "does not hold positive integer ids"),
         ("testlist.mat", {"testlist": np.array([[2.5]])}, "does not hold positive integer ids"),
     ],
 )
-def test_broken_split_lists_are_layout_errors(release, file, variables, problem):
+def test_broken_split_lists_are_reported_and_their_samples_kept_unsplit(release, file, variables, problem):
     root, _ = release
     write_mat(root / file, **variables)
-    with pytest.raises(LayoutError, match=problem):
-        scan(root)
+    records, report = scan(root)
+    assert len(records) == 4
+    broken_ids = {"trainlist.mat": {"00001", "00002"}, "testlist.mat": {"00602"}}[file]
+    assert all(record.official_split is None for record in records if record.group in broken_ids)
+    (reason,) = [entry["reason"] for entry in report.skipped if entry["file"] == file]
+    assert reason.startswith("unusable split list, its ids get no official") and problem in reason
 
 
 def test_an_id_in_both_split_lists_goes_to_train_and_is_reported(release):
@@ -208,11 +212,18 @@ def test_an_id_in_both_split_lists_goes_to_train_and_is_reported(release):
     assert conflict in report.repaired
 
 
-def test_unreadable_split_list_is_a_layout_error(release):
+def test_unreadable_split_list_is_reported_and_its_samples_kept_unsplit(release):
     root, _ = release
     (root / "trainlist.mat").write_bytes(b"not a mat file")
-    with pytest.raises(LayoutError, match="unreadable split list trainlist.mat"):
-        scan(root)
+    records, report = scan(root)
+    assert {record.group: record.official_split for record in records} == {
+        "00001": None,
+        "00002": None,
+        "00007": None,
+        "00602": "test",
+    }
+    (reason,) = [entry["reason"] for entry in report.skipped if entry["file"] == "trainlist.mat"]
+    assert reason.startswith("unusable split list, its ids get no official train split: unreadable .mat file")
 
 
 def test_registered_as_pfcn(release):
