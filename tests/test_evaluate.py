@@ -241,7 +241,7 @@ def test_clear_errors(tmp_path, split_dir, models_dir):
     empty_split.mkdir()
     (empty_split / "test.jsonl").write_text("")
     result = runner.invoke(main, ["evaluate", "--models-dir", str(models_dir), "--split", str(empty_split), "--params", params])
-    assert result.exit_code != 0 and "lists no images" in result.output
+    assert result.exit_code != 0 and f"{empty_split / 'test.jsonl'} has no rows" in result.output
 
     missing_image = tmp_path / "missing-image"
     missing_image.mkdir()

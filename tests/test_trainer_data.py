@@ -190,7 +190,7 @@ def test_pos_weight_is_background_over_foreground(tmp_path):
 
     write_split(tmp_path / "empty", [add_sample(tmp_path / "empty" / "set", "none", make_photo(SIZE, SIZE),
                                                 np.zeros((SIZE, SIZE), np.uint8))])
-    with pytest.raises(ValueError, match="no foreground"):
+    with pytest.raises(ValueError, match="no person pixel"):
         estimate_pos_weight(SegmentationDataset(tmp_path / "empty", "train", SIZE, augment=False))
 
 

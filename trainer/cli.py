@@ -62,7 +62,8 @@ def train(params_path: Path, model: str | None, output: Path | None, resume: boo
     KEY=VALUE pairs override the `train:` section, e.g. `epochs=5 loss_weights.dice=0.5`.
     """
     from trainer.config import ConfigError, load_train_config
-    from trainer.models import is_model, list_models
+    from trainer.data import SplitError
+    from trainer.models import ModelError, is_model, list_models
     from trainer.train import CheckpointError, fit
 
     try:
@@ -74,7 +75,9 @@ def train(params_path: Path, model: str | None, output: Path | None, resume: boo
     output = output or Path("models") / config.model
     try:
         summary = fit(config, output, resume=resume)
-    except CheckpointError as error:
+    except ModelError as error:
+        raise click.UsageError(f"{error}; fix train.model_options in {params_path} or on the command line") from error
+    except (CheckpointError, SplitError, OSError) as error:  # OSError: an image that cannot be read, a full disk
         raise click.ClickException(str(error)) from error
     click.echo(
         f"{config.model}: val IoU {summary['val_iou']:.4f} (Dice {summary['val_dice']:.4f}, boundary F "
@@ -121,7 +124,7 @@ def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
 
 
 @main.command()
-@click.argument("models_dir", type=click.Path(file_okay=False, path_type=Path), default="models")
+@click.argument("models_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default="models")
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -129,10 +132,13 @@ def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
 )
 def leaderboard(models_dir: Path, output: Path | None) -> None:
     """Rank every trained student in MODELS_DIR (each <name>/metrics.json) by validation IoU."""
-    from trainer.leaderboard import write_leaderboard
+    from trainer.leaderboard import LeaderboardError, write_leaderboard
 
     output = output or models_dir / "leaderboard.md"
-    results = write_leaderboard(models_dir, output)
+    try:
+        results = write_leaderboard(models_dir, output)
+    except LeaderboardError as error:
+        raise click.ClickException(str(error)) from error
     click.echo(f"{len(results)} trained students -> {output}")
 
 
@@ -264,6 +270,7 @@ def export(
         load_export_params,
         summary_line,
     )
+    from trainer.data import SplitError
     from trainer.train import CheckpointError
 
     try:
@@ -273,7 +280,7 @@ def export(
         raise click.UsageError(str(error)) from error
     try:
         result = export_checkpoint(checkpoint, fmt, precision, output, params, calibration, validation, size)
-    except (CheckpointError, CalibrationError, ExportError, OSError) as error:
+    except (CheckpointError, CalibrationError, ExportError, SplitError, OSError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(summary_line(result))
     if result.failed and not allow_drop:

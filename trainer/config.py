@@ -170,10 +170,26 @@ def build_train_config(section: Mapping[str, Any], overrides: Mapping[str, Any] 
     return TrainConfig(**checked)
 
 
+def read_params_section(params_path: str | Path, name: str) -> dict[str, Any]:
+    """The `name:` section of a params YAML file ({} when absent); a file that cannot be read as a
+    YAML mapping, or a section that is not one, is a ConfigError naming the file."""
+    fix = "fix it or pass another --params"
+    try:
+        params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{params_path} is not valid YAML ({where}{error.problem}); {fix}") from error
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{params_path} cannot be read as YAML ({error}); {fix}") from error
+    if not isinstance(params, dict):
+        raise ConfigError(f"{params_path} holds a YAML {type(params).__name__}, not a mapping of sections; {fix}")
+    section = params.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{params_path}: {name} must be a mapping, got {type(section).__name__}")
+    return section
+
+
 def load_train_config(params_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read the `train:` section of a params.yaml; a missing section means all defaults."""
-    params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
-    section = params.get("train") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{params_path}: train must be a mapping, got {type(section).__name__}")
-    return build_train_config(section, parse_overrides(overrides))
+    return build_train_config(read_params_section(params_path, "train"), parse_overrides(overrides))

@@ -156,22 +156,47 @@ def build_transforms(size: int, augment: bool) -> PairedTransforms:
     )
 
 
+class SplitError(ValueError):
+    """A split manifest that is not JSON lines of rows, or has no row to use; names the file (and line)."""
+
+
+SPLIT_ROW_FIELDS = ("id", "set", "image", "mask")  # what every reader of a split row needs (`resolve`)
+
+
 def read_split(split_dir: Path, split: str) -> list[dict[str, Any]]:
-    """The rows of `<split_dir>/<split>.jsonl`; a missing or empty manifest is a `FileNotFoundError` / `ValueError`."""
+    """The rows of `<split_dir>/<split>.jsonl`.
+
+    A missing manifest is a `FileNotFoundError`; one that is not UTF-8 JSON lines of rows with the
+    `SPLIT_ROW_FIELDS`, or has no row, is a `SplitError` naming the file (and line).
+    """
     path = Path(split_dir) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no split manifest {path} (run `datatool split` or `dvc repro split`)")
     rows = []
-    with path.open() as lines:
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not a JSON row ({error.msg})") from error
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    rows.append(parse_split_row(line, f"{path}:{number}"))
+    except UnicodeDecodeError as error:
+        raise SplitError(f"{path} is not UTF-8 text ({error.reason}); write it again with `datatool split`") from error
     if not rows:
-        raise ValueError(f"split manifest {path} has no rows: nothing to train or evaluate on")
+        raise SplitError(f"split manifest {path} has no rows: nothing to train or evaluate on")
     return rows
+
+
+def parse_split_row(line: str, where: str) -> dict[str, Any]:
+    """One manifest line as a row with the `SPLIT_ROW_FIELDS` as strings; `where` (file:line) names it in errors."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise SplitError(f"{where}: not a JSON row ({error.msg}); fix the line or re-run `datatool split`") from error
+    if not isinstance(row, dict):
+        raise SplitError(f"{where}: a row must be a JSON object, got {type(row).__name__}; re-run `datatool split`")
+    missing = [field for field in SPLIT_ROW_FIELDS if not isinstance(row.get(field), str)]
+    if missing:
+        raise SplitError(f"{where}: row lacks {', '.join(missing)} (or they are not strings); re-run `datatool split`")
+    return row
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -208,15 +233,44 @@ class SegmentationDataset(Dataset):
         copy_paste: float = 0.0,
     ):
         self.split_dir = Path(split_dir)
+        self.manifest = self.split_dir / f"{split}.jsonl"
         self.rows = read_split(self.split_dir, split)
         if sources:  # e.g. validate on real photos only, leaving out the composites of val people
             self.rows = [row for row in self.rows if row.get("source") in set(sources)]
         self.size = size
         self.with_edges = with_edges
         self.with_teacher = with_teacher
+        # Checked here rather than in `load`: a missing file would stop training mid-epoch, in a
+        # DataLoader worker. Rows naming one are left out and listed ({"id", "file"}).
+        self.missing: list[dict[str, str]] = []
+        present = []
+        for row in self.rows:
+            absent = next((path for path in self.files_of(row) if not path.is_file()), None)
+            if absent is None:
+                present.append(row)
+            else:
+                self.missing.append({"id": row["id"], "file": str(absent)})
+        self.rows = present
         self.with_second_view = with_second_view
         self.transforms = build_transforms(size, augment)
         self.copy_paste = copy_paste
+
+    def files_of(self, row: dict[str, Any]) -> list[Path]:
+        """The files `load` reads for `row`."""
+        fields = ["image", "mask"]
+        fields += ["edge"] if self.with_edges and row.get("edge") else []
+        fields += ["teacher_mask"] if self.with_teacher and row.get("teacher_mask") else []
+        return [resolve(self.split_dir, row, field) for field in fields]
+
+    def missing_summary(self, shown: int = 5) -> str:
+        """The rows left out for a missing file, the first `shown` named, for the training log."""
+        total = len(self.rows) + len(self.missing)
+        lines = [f"{self.manifest}: left out {len(self.missing)} of {total} rows whose files are missing "
+                 "(restore them or re-run `datatool split`):"]  # fmt: skip
+        lines += [f"  {entry['id']}: {entry['file']}" for entry in self.missing[:shown]]
+        if len(self.missing) > shown:
+            lines.append(f"  ... and {len(self.missing) - shown} more")
+        return "\n".join(lines)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -237,7 +291,7 @@ class SegmentationDataset(Dataset):
         mask = read_gray(resolve(self.split_dir, row, "mask"), shape)
         hard: dict[str, np.ndarray] = {}
         soft: dict[str, np.ndarray] = {}
-        if row["mask_kind"] in SOFT_MASK_KINDS:
+        if row.get("mask_kind", "binary") in SOFT_MASK_KINDS:  # as the export parity check reads it
             soft["mask"] = mask
         else:
             hard["mask"] = (mask >= 0.5).astype(np.float32)  # 128 and up is person, as in datatool
@@ -332,5 +386,8 @@ def estimate_pos_weight(data: Dataset | DataLoader, max_items: int | None = None
         if max_items is not None and seen >= max_items:
             break
     if foreground == 0:
-        raise ValueError("no foreground pixels in the masks: cannot weight the positive class")
+        raise SplitError(
+            "the training masks hold no person pixel (255 = person): cannot weight the positive class; "
+            "check the split's masks (e.g. with `datatool qa build`) or set train.pos_weight"
+        )
     return (total - foreground) / foreground

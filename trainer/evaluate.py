@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import statistics
 import time
@@ -40,12 +39,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import yaml
 
 from datatool.progress import progress
 from datatool.split import resolve
 from datatool.teachers.resizing import resize_image, resize_probability
 from trainer.complexity import count_macs, count_parameters
+from trainer.config import ConfigError, read_params_section
 from trainer.metrics import boundary_f_scores
 
 ARTEFACT_SUFFIXES = (".pt", ".onnx", ".tflite", ".engine")
@@ -108,10 +107,10 @@ def load_evaluate_config(params_path: Path | None, overrides: Mapping[str, Any] 
     """The `evaluate:` section of `params_path` (all defaults when the file or section is absent)."""
     section: Any = {}
     if params_path is not None:
-        params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
-        section = params.get("evaluate") or {}
-        if not isinstance(section, dict):
-            raise EvaluationError(f"{params_path}: evaluate must be a mapping, got {type(section).__name__}")
+        try:
+            section = read_params_section(params_path, "evaluate")
+        except ConfigError as error:
+            raise EvaluationError(str(error)) from error
     return build_evaluate_config(section, overrides)
 
 
@@ -400,9 +399,12 @@ def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str,
     manifest = Path(split_dir) / f"{set_name}.jsonl"
     if not manifest.is_file():
         raise EvaluationError(f"no {manifest}; run `datatool split` (or `dvc repro split`) or pass --split DIR")
-    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows:
-        raise EvaluationError(f"{manifest} lists no images; the {set_name} split is empty, so there is nothing to evaluate")
+    from trainer.data import SplitError, read_split  # albumentations and all: imported only when needed
+
+    try:
+        rows = read_split(split_dir, set_name)
+    except SplitError as error:
+        raise EvaluationError(str(error)) from error
     return rows[:max_images] if max_images else rows
 
 

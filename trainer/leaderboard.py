@@ -23,11 +23,21 @@ COLUMNS = (
 )
 
 
+class LeaderboardError(ValueError):
+    """A metrics.json that `trainer train` did not write (damaged or edited); names the file."""
+
+
 def collect_results(models_dir: Path) -> list[dict[str, Any]]:
     """One metrics dict per `<models_dir>/<name>/metrics.json`, best val IoU first."""
     results = []
     for path in sorted(Path(models_dir).glob(f"*/{METRICS_FILE}")):
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        fix = "train that model again or delete its folder"
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:  # not UTF-8, or not JSON
+            raise LeaderboardError(f"{path} is not a JSON file ({error}); {fix}") from error
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("val_iou"), (int, float)):
+            raise LeaderboardError(f"{path} has no numeric val_iou, so `trainer train` did not write it; {fix}")
         results.append({**metrics, "folder": path.parent.name})
     return sorted(results, key=lambda result: -result["val_iou"])
 

@@ -27,8 +27,8 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import random
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +43,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from trainer.config import TrainConfig
-from trainer.data import SegmentationDataset, estimate_pos_weight
+from trainer.data import SegmentationDataset, SplitError, estimate_pos_weight
 from trainer.losses import SegmentationLoss
 from trainer.metrics import SegmentationMetrics
-from trainer.models import create_model
+from trainer.models import ModelError, create_model
 
 CHECKPOINT_FORMAT = "portraitseg-train/1"
 CHECKPOINT_KEYS = (
@@ -66,6 +66,8 @@ CHECKPOINT_KEYS = (
 )
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
+CHECKPOINT_HINT = "pass a best.pt or last.pt written by `trainer train`"
+RESUME_HINT = "train without --resume to start over (that rewrites last.pt)"
 LIVE_DIR = "live"
 
 
@@ -139,8 +141,12 @@ def first_samples(dataset: Dataset, limit: int, seed: int) -> Dataset:
     return Subset(dataset, sorted(order[:limit].tolist()))
 
 
-def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """Train (augmented, with what the weighted loss terms need) and val (resize only) sets."""
+def build_datasets(config: TrainConfig, quiet: bool = False) -> tuple[Dataset, Dataset]:
+    """Train (augmented, with what the weighted loss terms need) and val (resize only) sets.
+
+    Rows whose files are missing are left out and listed on stderr (unless `quiet`); a set left
+    with no rows is a `SplitError` naming its manifest.
+    """
     train_set = SegmentationDataset(
         config.split_dir,
         "train",
@@ -156,9 +162,17 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     )
     if len(train_set) == 0 or len(val_set) == 0:
         sources = f" of sources {', '.join(config.val_sources)}" if config.val_sources else ""
-        raise ValueError(
-            f"{config.split_dir}: need train and val samples{sources}, found {len(train_set)} and {len(val_set)}"
+        missing = "".join(
+            f"; every row of {dataset.manifest} names a missing file, e.g. {dataset.missing[0]['file']} "
+            "(restore the files or re-run `datatool split`)"
+            for dataset in (train_set, val_set)
+            if len(dataset) == 0 and dataset.missing
         )
+        found = f"found {len(train_set)} and {len(val_set)}"
+        raise SplitError(f"{config.split_dir}: need train and val samples{sources}, {found}{missing}")
+    for dataset in (train_set, val_set):
+        if dataset.missing and not quiet:
+            print(dataset.missing_summary(), file=sys.stderr, flush=True)
     return (
         first_samples(train_set, config.max_train_samples, config.seed),
         first_samples(val_set, config.max_val_samples, config.seed),
@@ -350,23 +364,39 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `fit`, with clear errors for damaged or foreign files."""
+def read_weights(path: Path, what: str, hint: str, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`; any failure is a CheckpointError "`what` (reason); `hint`".
+
+    Every checkpoint and weights file goes through here. torch's own message advises loading
+    with weights_only=False (unsafe for a file of unknown origin) and filing an issue; only its
+    reason is kept.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a damaged or foreign file can make the unpickler raise almost anything
+        text = str(error)
+        _, marker, reason = text.partition("WeightsUnpickler error:")
+        first_line = next((line.strip() for line in (reason if marker else text).splitlines() if line.strip()), "")
+        raise CheckpointError(
+            f"{what} (torch.load could not read it: {first_line or type(error).__name__}); {hint}"
+        ) from error
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", hint: str = CHECKPOINT_HINT
+) -> dict[str, Any]:
+    """Read a checkpoint written by `fit`; a missing, damaged or foreign file is a CheckpointError ending in `hint`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (damaged or incomplete: {error}); "
-            "delete it and train without --resume"
-        ) from error
+        raise CheckpointError(f"no checkpoint at {path}; {hint}")
+    state = read_weights(path, f"{path} is not a readable checkpoint", hint, map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a portraitseg training checkpoint (expected format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(
+            f"{path} is not a portraitseg training checkpoint (expected format {CHECKPOINT_FORMAT}); {hint}"
+        )
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by trainer.train.fit")
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}, so trainer.train.fit did not write it; {hint}")
     return state
 
 
@@ -394,10 +424,11 @@ def load_init_weights(model: nn.Module, path: str | Path, name: str, options: di
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"train.init_weights: no file at {path} (make one with `trainer import-encoder`)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
-        raise CheckpointError(f"train.init_weights: {path} is not a readable weights file ({error})") from error
+    saved = read_weights(
+        path,
+        f"train.init_weights: {path} is not a readable weights file",
+        "pass a `trainer import-encoder` output or a best.pt written by `trainer train`",
+    )
     if isinstance(saved, dict) and saved.get("format") == CHECKPOINT_FORMAT:
         saved = {"state_dict": saved["model"], "model": saved["model_name"], "model_options": saved["model_options"]}
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
@@ -432,7 +463,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig, initialised: set[str]
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained model of a checkpoint (by registry name and options) in eval mode."""
     state = load_checkpoint(path, map_location)
-    model = create_model(state["model_name"], **state["model_options"])
+    try:
+        model = create_model(state["model_name"], **state["model_options"])
+    except ModelError as error:
+        raise CheckpointError(f"{path} names a model this trainer cannot build ({error}); {CHECKPOINT_HINT}") from error
     restore_model(model, state, Path(path), state["model_name"], state["model_options"])
     return model.eval(), state
 
@@ -493,7 +527,7 @@ def fit(
     show_progress = show_progress and context.is_main
     seed_everything(config.seed)
 
-    train_set, val_set = build_datasets(config)
+    train_set, val_set = build_datasets(config, quiet=not context.is_main)
     train_loader, val_loader, sampler = build_loaders(config, train_set, val_set, context, device)
 
     model = create_model(config.model, **config.model_options)
@@ -530,7 +564,7 @@ def fit(
     pos_weight = config.pos_weight
     last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
     if resume:
-        state = load_checkpoint(last_path, map_location=device)
+        state = load_checkpoint(last_path, map_location=device, hint=RESUME_HINT)
         restore_model(model, state, last_path, config.model, config.model_options)
         if ema is not None:
             if "training_model" not in state:

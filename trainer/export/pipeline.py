@@ -18,8 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from trainer.config import ConfigError, read_params_section
 from trainer.export import tensorrt
 from trainer.export.calibration import load_calibration
 from trainer.export.parity import compare, load_validation
@@ -52,7 +51,10 @@ def load_export_params(path: Path | None) -> ExportParams:
     """The `export:` section of a params file (defaults when absent); unknown keys and wrong types are errors."""
     if path is None:
         return ExportParams()
-    section = (yaml.safe_load(Path(path).read_text()) or {}).get("export") or {}
+    try:
+        section = read_params_section(path, "export")
+    except ConfigError as error:
+        raise ExportError(str(error)) from error
     known = {field.name: field for field in fields(ExportParams)}
     unknown = sorted(set(section) - set(known))
     if unknown:

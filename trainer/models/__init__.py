@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from trainer.models.base import SegmentationModel
 
-__all__ = ["SegmentationModel", "create_model", "is_model", "list_models", "register_model"]
+__all__ = ["ModelError", "SegmentationModel", "create_model", "is_model", "list_models", "register_model"]
 
 # One module per family; imported on first use so `import trainer.models` stays cheap.
 FAMILY_MODULES = ("blazeseg", "mobile_unet", "ffnet_mobile", "portraitnet", "efficientnet_lite")
@@ -50,9 +50,16 @@ def is_model(name: str) -> bool:
     return name in MODELS
 
 
+class ModelError(ValueError):
+    """A model name that is not registered, or options its family does not take."""
+
+
 def create_model(name: str, **options) -> SegmentationModel:
     """Build the registered model `name` with the family's `options`; a typo lists the valid names."""
     _load_families()
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](**options)
+        raise ModelError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+    try:
+        return MODELS[name](**options)
+    except (TypeError, ValueError) as error:  # an option the family does not take, or a value it refuses
+        raise ModelError(f"cannot build {name} with model_options {options}: {error}") from error
