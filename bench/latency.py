@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v3_small
 
+from trainer.complexity import count_parameters
 from trainer.models import create_model, list_models
 from trainer.models.base import fuse_conv_batch_norm
 
@@ -70,10 +71,6 @@ def time_models(
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[round(fraction * (len(sorted_values) - 1))]
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def main() -> None:

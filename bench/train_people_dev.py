@@ -43,7 +43,7 @@ import torch
 
 from trainer.data import SegmentationDataset
 from trainer.metrics import SegmentationMetrics
-from trainer.train import load_model
+from trainer.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -78,9 +78,9 @@ def score_student(checkpoint: Path, split_dir: Path, split: str) -> dict[str, fl
 
 def score_teacher(teacher_name: str, split_dir: Path, split: str, size: int) -> dict[str, float]:
     """The teacher on the original photos, its probabilities resized to size x size like the student's input."""
-    from datatool.split import resolve
     from datatool.teachers import create_teacher
-    from trainer.data import read_rgb
+    from portraitseg.imagefiles import read_rgb
+    from portraitseg.records import resolve
 
     teacher = create_teacher(teacher_name)
     dataset = SegmentationDataset(split_dir, split, size, augment=False, sources=["people-dev"])
@@ -131,14 +131,15 @@ def main() -> None:
     sets = [str(work / "boundary" / name) for name in ("people-dev", "unlabeled", "synth")]
     seconds["split"] = run("datatool", "split", "--input", *sets, "--output", str(work / "split"), "--val", str(args.val), "--test", str(args.test), "--seed", "0")
     output = work / args.model
-    overrides = [f"split_dir={work / 'split'}", f"size={args.size}", f"epochs={args.epochs}", "val_sources=people-dev",
+    overrides = [f"size={args.size}", f"epochs={args.epochs}", "val_sources=people-dev",
                  "copy_paste=0.5", "pos_weight=1", *preset["overrides"], *args.overrides]  # fmt: skip
     if args.student == "pretrained":
         encoder = work / "encoder.pt"
         seconds["import-encoder"] = run("trainer", "import-encoder", "--tflite", str(args.encoder_tflite),
                                         "--images", str(args.unlabeled), "--output", str(encoder))  # fmt: skip
         overrides.append(f"init_weights={encoder}")
-    seconds["train"] = run("trainer", "train", "--params", str(REPO / "params.yaml"), "--model", args.model, "--output", str(output), *overrides)
+    seconds["train"] = run("trainer", "train", "--params", str(REPO / "params.yaml"), "--split-dir", str(work / "split"),
+                           "--model", args.model, "--output", str(output), *overrides)  # fmt: skip
 
     student = {split: score_student(output / "best.pt", work / "split", split) for split in ("val", "test")}
     teacher = {split: score_teacher("mediapipe-selfie", work / "split", split, args.size) for split in ("val", "test")}

@@ -38,9 +38,10 @@ from datatool.boundary import place_file
 from datatool.canonical import MANIFEST, REPORT, read_rows, write_file
 from datatool.images import ImageError, read_image
 from datatool.outputs import OutputFolder
-from datatool.progress import progress
 from datatool.report import Report
-from datatool.sources.base import IMAGE_SUFFIXES, walk_files
+from datatool.sources.base import walk_files
+from portraitseg.imagefiles import IMAGE_SUFFIXES
+from portraitseg.progress import progress
 
 FILLED = "filled"
 CROP = "crop"

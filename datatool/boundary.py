@@ -44,10 +44,11 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import FILE_FIELDS, MANIFEST, REPORT, read_rows, write_manifest, write_mask
+from datatool.canonical import MANIFEST, REPORT, read_rows, write_manifest, write_mask
 from datatool.outputs import OutputFolder
-from datatool.progress import progress
 from datatool.report import Report
+from portraitseg.progress import progress
+from portraitseg.records import FILE_FIELDS
 
 EDGES = "edges"
 METHODS = ("morph", "canny", "sobel")

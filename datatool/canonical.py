@@ -19,18 +19,15 @@ import numpy as np
 
 from datatool.images import DecodedImage
 from datatool.report import Report
+from portraitseg.records import validate_row
 
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
 IMAGES = "images"
 MASKS = "masks"
-REQUIRED_FIELDS = ("id", "image", "mask", "source", "width", "height", "mask_kind", "group")
-FILE_FIELDS = ("image", "mask", "teacher_mask", "edge")  # the fields that name a sample's files in the set
-MASK_KINDS = ("binary", "alpha", "soft")
 JPEG_QUALITY = 95  # images that must be re-encoded (rotated, converted, downscaled)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # what make_id gives; never a path or a dot-file
 
 
 def make_id(name: str, key: str) -> str:
@@ -105,22 +102,6 @@ def write_manifest(set_dir: Path, rows: Iterable[dict[str, Any]]) -> int:
             count += 1
     os.replace(temporary, path)
     return count
-
-
-def validate_row(row: dict[str, Any]) -> None:
-    """Raise `ValueError` when a manifest row misses a field of the contract."""
-    missing = [name for name in REQUIRED_FIELDS if name not in row]
-    if missing:
-        raise ValueError(f"manifest row {row.get('id', '?')} lacks {', '.join(missing)}")
-    if not isinstance(row["id"], str) or not SAFE_ID.fullmatch(row["id"]):
-        # Ids name the files later stages write: "../x" or "a/b" would write outside the set.
-        raise ValueError(f"manifest row id {row['id']!r} is not a file-name-safe id (letters, digits, . _ -)")
-    for name in ("image", "mask"):
-        value = row[name]
-        if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
-            raise ValueError(f"manifest row {row['id']}: {name} {value!r} is not a path inside the set")
-    if row["mask_kind"] not in MASK_KINDS:
-        raise ValueError(f"manifest row {row['id']}: mask_kind {row['mask_kind']!r} not in {MASK_KINDS}")
 
 
 # -- writing images and masks -------------------------------------------------------------------

@@ -6,6 +6,18 @@ from pathlib import Path
 import click
 
 from datatool import __version__
+from portraitseg.params import DefaultFrom, default_of, given
+
+# Where each command's defaults live (options default to None, "not given"; --help shows these).
+INGEST_DEFAULTS = "datatool.ingest:IngestOptions"
+FETCH_PFCN_DEFAULTS = "datatool.fetch_pfcn:fetch_pfcn"
+DEMO_DEFAULTS = "datatool.demo:build_demo"
+PSEUDOLABEL_DEFAULTS = "datatool.pseudolabel:PseudolabelOptions"
+REVIEW_DEFAULTS = "datatool.pseudolabel:ReviewThresholds"
+BOUNDARY_DEFAULTS = "datatool.boundary:build_boundaries"
+BACKGROUND_DEFAULTS = "datatool.backgrounds:BackgroundOptions"
+SYNTH_DEFAULTS = "datatool.synth:SynthOptions"
+QA_DEFAULTS = "datatool.qa:QaOptions"
 
 
 class Commands(click.Group):
@@ -61,7 +73,7 @@ def print_report_and_exit_status(report: dict, output_dir: Path, *, produced: in
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path), help="Canonical set to write (created).")
 @click.option("--name", default=None, help="Set name: prefix of groups, part of ids [default: SOURCE, or the input folder's name for 'folder'].")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Worker processes; 0 = all cores.")
-@click.option("--max-side", default=0, show_default=True, type=click.IntRange(min=0), help="Downscale so the longer side is at most PX; 0 keeps the size.")
+@click.option("--max-side", cls=DefaultFrom, defaults=INGEST_DEFAULTS, type=click.IntRange(min=0), help="Downscale so the longer side is at most PX; 0 or none keeps the size.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
 @click.option("--images-dir", type=click.Path(path_type=Path), help="folder: the images folder (relative to --input).")
 @click.option("--masks-dir", type=click.Path(path_type=Path), help="folder: the masks folder (relative to --input).")
@@ -87,7 +99,7 @@ def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict
         raise click.UsageError(str(error)) from error
     name = name or (source.root.name if source_format == "folder" else source_format)
     try:
-        result = run_ingest(source, output_dir, name=name, workers=workers, max_side=max_side)
+        result = run_ingest(source, output_dir, name=name, workers=workers, **given(max_side=max_side))
     except OutputError as error:
         raise click.UsageError(str(error)) from error
     except LayoutError as error:
@@ -111,16 +123,16 @@ def fetch() -> None:
 @fetch.command("pfcn")
 @click.option("--release", "release_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="The unpacked PFCN release (alldata_urls.txt, crop.txt, images_mask/).")
 @click.option("--output", "output_dir", default=None, type=click.Path(path_type=Path, file_okay=False), help="Where images_data_crop/ and fetch-report.json go [default: the release folder].")
-@click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1), help="Parallel downloads.")
-@click.option("--retries", default=3, show_default=True, type=click.IntRange(min=0), help="Extra attempts after a transient failure (timeout, HTTP 5xx/429).")
-@click.option("--timeout", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds per request.")
+@click.option("--workers", cls=DefaultFrom, defaults=FETCH_PFCN_DEFAULTS, type=click.IntRange(min=1), help="Parallel downloads.")
+@click.option("--retries", cls=DefaultFrom, defaults=FETCH_PFCN_DEFAULTS, type=click.IntRange(min=0), help="Extra attempts after a transient failure (timeout, HTTP 5xx/429).")
+@click.option("--timeout", cls=DefaultFrom, defaults=FETCH_PFCN_DEFAULTS, type=click.FloatRange(min=0, min_open=True), help="Seconds per request.")
 def fetch_pfcn(release_dir, output_dir, workers, retries, timeout) -> None:
     """Download, crop and resize the PFCN images into images_data_crop/ (a re-run resumes)."""
     from datatool.fetch_pfcn import FetchError
     from datatool.fetch_pfcn import fetch_pfcn as run_fetch
 
     try:
-        result = run_fetch(release_dir, output_dir, workers=workers, retries=retries, timeout=timeout)
+        result = run_fetch(release_dir, output_dir, **given(workers=workers, retries=retries, timeout=timeout))
     except FetchError as error:
         raise click.ClickException(str(error)) from error
     counts = result.report["counts"]
@@ -138,14 +150,14 @@ def fetch_pfcn(release_dir, output_dir, workers, retries, timeout) -> None:
 
 @main.command()
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path), help="Folder to (re)create with the demo sources.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the photo variants; the same seed writes the same bytes.")
-@click.option("--samples-per-source", default=6, show_default=True, type=click.IntRange(min=1), help="Samples written in each source layout.")
+@click.option("--seed", cls=DefaultFrom, defaults=DEMO_DEFAULTS, type=int, help="Seed of the photo variants; the same seed writes the same bytes.")
+@click.option("--samples-per-source", cls=DefaultFrom, defaults=DEMO_DEFAULTS, type=click.IntRange(min=1), help="Samples written in each source layout.")
 def demo(output_dir, seed, samples_per_source) -> None:
     """Write tiny demo sources in every dataset layout, made offline from public-domain photos."""
     from datatool.demo import DemoError, build_demo
 
     try:
-        result = build_demo(output_dir, seed=seed, samples_per_source=samples_per_source)
+        result = build_demo(output_dir, **given(seed=seed, samples_per_source=samples_per_source))
     except DemoError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"demo: {len(result.samples)} samples, {len(result.backgrounds)} backgrounds in {result.seconds:.1f} s (masks are demo-grade: see README.md)")
@@ -208,16 +220,16 @@ def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="A folder of photos (searched recursively) or a canonical set (has manifest.jsonl).")
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write (created).")
 @click.option("--name", default=None, help="Set name: part of ids and groups [default: the input folder's name].")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per teacher call.")
-@click.option("--max-side", default=1600, show_default=True, type=click.IntRange(min=0), help="Photos: downscale so the longer side is at most PX (huge JPEGs are decoded at reduced scale); 0 keeps the size.")
+@click.option("--batch-size", cls=DefaultFrom, defaults=PSEUDOLABEL_DEFAULTS, type=click.IntRange(min=1), help="Images per teacher call.")
+@click.option("--max-side", cls=DefaultFrom, defaults=PSEUDOLABEL_DEFAULTS, type=click.IntRange(min=0), help="Photos: downscale so the longer side is at most PX (huge JPEGs are decoded at reduced scale); 0 keeps the size.")
 @click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_MODELS or ~/.cache/portraitseg/models].")
 @click.option("--weights", default=None, help="deeplabv3: 'default' (torchvision's cache) or a weights file.")
 @click.option("--device", default=None, help="Device for torch teachers (cpu, cuda).")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None, help="Review a label whose confidence is below this.")
-@click.option("--max-uncertain-fraction", type=click.FloatRange(0, 1), default=None, help="Review a label with more uncertain pixels (0.1 < p < 0.9) than this share.")
-@click.option("--min-person-fraction", type=click.FloatRange(0, 1), default=None, help="Review a label with fewer person pixels than this share.")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None, help="Ensembles: review a label whose members agree less (mean pairwise IoU).")
-@click.option("--min-teacher-iou", type=click.FloatRange(0, 1), default=None, help="Canonical input: review a sample whose teacher mask has a lower IoU with the ground truth.")
+@click.option("--min-confidence", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Review a label whose confidence is below this.")
+@click.option("--max-uncertain-fraction", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Review a label with more uncertain pixels (0.1 < p < 0.9) than this share.")
+@click.option("--min-person-fraction", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Review a label with fewer person pixels than this share.")
+@click.option("--min-agreement", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Ensembles: review a label whose members agree less (mean pairwise IoU).")
+@click.option("--min-teacher-iou", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Canonical input: review a sample whose teacher mask has a lower IoU with the ground truth.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
 def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, **thresholds) -> None:
     """Label photos with a teacher: soft masks plus confidence fields and a needs_review flag per photo."""
@@ -227,9 +239,11 @@ def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side,
     from datatool.teachers import create_teacher
     from datatool.teachers.base import TeacherError
 
-    teacher_options = {key: value for key, value in {"models_dir": models_dir, "weights": weights, "device": device}.items() if value is not None}
-    review = ReviewThresholds(**{key: value for key, value in thresholds.items() if value is not None})
-    options = PseudolabelOptions(batch_size=batch_size, max_side=max_side or None, review=review)
+    teacher_options = given(models_dir=models_dir, weights=weights, device=device)
+    sizes = given(batch_size=batch_size, max_side=max_side)
+    if sizes.get("max_side") == 0:
+        sizes["max_side"] = None  # keep the size
+    options = PseudolabelOptions(**sizes, review=ReviewThresholds(**given(**thresholds)))
     try:
         teacher = create_teacher(teacher_spec, **teacher_options)
         result = run_pseudolabel(teacher, input_dir, output_dir, name=name, options=options)
@@ -252,12 +266,14 @@ def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side,
 @main.command()
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Canonical set whose masks give the edges.")
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write: the input's files (hard-linked) plus edges/.")
-@click.option("--width", default=4, show_default=True, type=click.IntRange(min=1), help="Band width in pixels across the outline.")
-@click.option("--method", default="morph", show_default=True, type=click.Choice(["morph", "canny", "sobel"]), help="morph: dilate XOR erode; canny/sobel: their edge line thickened.")
+@click.option("--width", cls=DefaultFrom, defaults=BOUNDARY_DEFAULTS, type=click.IntRange(min=1), help="Band width in pixels across the outline.")
+@click.option("--method", cls=DefaultFrom, defaults=BOUNDARY_DEFAULTS, type=click.Choice(["morph", "canny", "sobel"]), help="morph: dilate XOR erode; canny/sobel: their edge line thickened.")
 def boundary(input_dir, output_dir, width, method) -> None:
     """Edge maps of the person outline (edges/<id>.png, field `edge`) for boundary-aware losses."""
     from datatool.boundary import build_boundaries
 
+    width = default_of(BOUNDARY_DEFAULTS, "width") if width is None else width
+    method = default_of(BOUNDARY_DEFAULTS, "method") if method is None else method
     try:
         result = build_boundaries(input_dir, output_dir, width=width, method=method)
     except ValueError as error:
@@ -274,21 +290,32 @@ def boundary(input_dir, output_dir, width, method) -> None:
 
 
 @main.command()
-@click.option("--input", "inputs", required=True, multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="A canonical set; repeat the option, or list several sets after it.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="A canonical set; repeat the option, or list several sets after it.")
 @click.argument("more_inputs", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--sets-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), help="Also split DIR/<name> for every name of the `sets:` mapping of --params (the pipeline: the boundary outputs).")
+@click.option("--params", "params_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="YAML file whose `sets:` mapping names the sets under --sets-dir.")
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for train.jsonl, val.jsonl, test.jsonl and report.json.")
 @click.option("--val", "val_fraction", required=True, type=click.FloatRange(0, 1), help="Share of groups without an official split that go to val.")
 @click.option("--test", "test_fraction", required=True, type=click.FloatRange(0, 1), help="Share of groups without an official split that go to test.")
 @click.option("--seed", required=True, type=int, help="Seed of the hash that assigns groups; the same seed writes the same files.")
 @click.option("--exclusions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None, help='JSON: a list of sample ids, or {"ids": [...]} (label QA); those samples are left out.')
-def split(inputs, more_inputs, output_dir, val_fraction, test_fraction, seed, exclusions) -> None:
+def split(inputs, more_inputs, sets_dir, params_path, output_dir, val_fraction, test_fraction, seed, exclusions) -> None:
     """Group-aware train/val/test manifests over canonical sets, keeping official splits."""
     from datatool.split import SPLITS, SplitOptions, read_exclusion_reasons, split_sets
+    from portraitseg.params import ConfigError, read_params_section
 
+    sets = [*inputs, *more_inputs]
+    if (sets_dir is None) != (params_path is None):
+        raise click.UsageError("--sets-dir and --params go together: the params file's `sets:` names the sets in the folder")
+    if sets_dir is not None:
+        try:
+            sets += [sets_dir / name for name in read_params_section(params_path, "sets")]
+        except ConfigError as error:
+            raise click.UsageError(str(error)) from error
     try:
         options = SplitOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         excluded = read_exclusion_reasons(exclusions) if exclusions else None
-        result = split_sets([*inputs, *more_inputs], output_dir, options, exclusions=excluded)
+        result = split_sets(sets, output_dir, options, exclusions=excluded)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     report = result.report
@@ -313,20 +340,20 @@ def split(inputs, more_inputs, output_dir, val_fraction, test_fraction, seed, ex
 @click.option("--input", "input_dirs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Canonical set of photos with person masks (ground truth or pseudo-labels); repeatable.")
 @click.option("--include", "include_dirs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Folder of backgrounds to link into the library as they are; repeatable.")
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="The library: <set name>/ and <folder name>/ subfolders plus report.json.")
-@click.option("--crops", default=3, show_default=True, type=click.IntRange(min=0), help="Person-free square crops per photo, at most.")
-@click.option("--min-crop", default=0.4, show_default=True, type=click.FloatRange(0.1, 1), help="Smallest crop side, as a share of the photo's shorter side.")
+@click.option("--crops", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.IntRange(min=0), help="Person-free square crops per photo, at most.")
+@click.option("--min-crop", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.FloatRange(0.1, 1), help="Smallest crop side, as a share of the photo's shorter side.")
 @click.option("--no-fill", is_flag=True, help="Do not write the photos with their people painted out.")
-@click.option("--max-person-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Paint people out only when they cover at most this share.")
-@click.option("--margin", default=0.03, show_default=True, type=click.FloatRange(0, 0.25), help="Grow the person mask by this share of the longer side.")
-@click.option("--person-level", default=32, show_default=True, type=click.IntRange(1, 255), help="Mask value from which a pixel counts as person.")
-@click.option("--max-side", default=640, show_default=True, type=click.IntRange(min=64), help="Shrink photos whose longer side exceeds this (px).")
+@click.option("--max-person-fraction", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Paint people out only when they cover at most this share.")
+@click.option("--margin", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.FloatRange(0, 0.25), help="Grow the person mask by this share of the longer side.")
+@click.option("--person-level", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.IntRange(1, 255), help="Mask value from which a pixel counts as person.")
+@click.option("--max-side", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.IntRange(min=64), help="Shrink photos whose longer side exceeds this (px).")
 def backgrounds(input_dirs, include_dirs, output_dir, crops, min_crop, no_fill, max_person_fraction, margin, person_level, max_side) -> None:
     """A background library for synth: person-free backgrounds cut from labelled photos, plus your own folders."""
     from datatool.backgrounds import BackgroundOptions, build_backgrounds
 
     options = BackgroundOptions(
-        crops=crops, min_crop=min_crop, fill=not no_fill, max_person_fraction=max_person_fraction,
-        margin=margin, person_level=person_level, max_side=max_side,
+        fill=not no_fill, **given(crops=crops, min_crop=min_crop, max_person_fraction=max_person_fraction,
+                                  margin=margin, person_level=person_level, max_side=max_side),
     )  # fmt: skip
     try:
         result = build_backgrounds(input_dirs, output_dir, include=include_dirs, options=options)
@@ -350,20 +377,20 @@ def backgrounds(input_dirs, include_dirs, output_dir, crops, min_crop, no_fill, 
 @click.argument("more_backgrounds", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write (created).")
 @click.option("--name", default=None, help="Set name: part of ids [default: the output folder's name].")
-@click.option("--per-foreground", default=3, show_default=True, type=click.IntRange(min=1), help="Composites per foreground sample.")
-@click.option("--size", nargs=2, type=click.IntRange(min=16), default=(512, 512), show_default=True, metavar="H W", help="Composite height and width.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same composites.")
-@click.option("--harmonise", "harmonise_strength", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="LAB colour transfer towards the background: 0 off, 1 full.")
-@click.option("--feather", "feather_sigma", default=1.5, show_default=True, type=click.FloatRange(min=0), help="Gaussian sigma (px) that softens binary masks' edges.")
+@click.option("--per-foreground", cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=click.IntRange(min=1), help="Composites per foreground sample.")
+@click.option("--size", nargs=2, cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=click.IntRange(min=16), metavar="H W", help="Composite height and width.")
+@click.option("--seed", cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=int, help="Same seed, same composites.")
+@click.option("--harmonise", "harmonise_strength", cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=click.FloatRange(0, 1), help="LAB colour transfer towards the background: 0 off, 1 full.")
+@click.option("--feather", "feather_sigma", cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=click.FloatRange(min=0), help="Gaussian sigma (px) that softens binary masks' edges.")
 @click.option("--no-augment", is_flag=True, help="No photometric augmentation of the composites.")
-@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True, help="Composite file format.")
+@click.option("--image-format", cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=click.Choice(["jpg", "png"]), help="Composite file format.")
 def synth(foregrounds_dir, backgrounds_dirs, more_backgrounds, output_dir, name, per_foreground, size, seed, harmonise_strength, feather_sigma, no_augment, image_format) -> None:
     """Paste the people of a canonical set onto new backgrounds; the masks are the pasted alpha."""
     from datatool.synth import SynthOptions, synthesize
 
     options = SynthOptions(
-        per_foreground=per_foreground, size=tuple(size), seed=seed, harmonise_strength=harmonise_strength,
-        feather_sigma=feather_sigma, augment=not no_augment, image_format=image_format,
+        augment=not no_augment, **given(per_foreground=per_foreground, size=tuple(size) if size else None, seed=seed,
+                                        harmonise_strength=harmonise_strength, feather_sigma=feather_sigma, image_format=image_format),
     )  # fmt: skip
     try:
         result = synthesize(foregrounds_dir, [*backgrounds_dirs, *more_backgrounds], output_dir, name=name, options=options)
@@ -393,8 +420,8 @@ def qa() -> None:
 @click.option("--predictions", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="A student's masks, <id>.png (255 = person, soft values thresholded at 128).")
 @click.option("--split-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Split manifests that give each sample its split [default: data/processed/split when it exists].")
 @click.option("--masks-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where the thresholded mask files the App shows go [default: data/qa/NAME].")
-@click.option("--min-confidence", default=0.85, show_default=True, type=click.FloatRange(0, 1), help="View 'low-confidence pseudo-labels': confidence below this.")
-@click.option("--min-student-iou", default=0.8, show_default=True, type=click.FloatRange(0, 1), help="View 'student failures': student IoU below this.")
+@click.option("--min-confidence", cls=DefaultFrom, defaults=QA_DEFAULTS, type=click.FloatRange(0, 1), help="View 'low-confidence pseudo-labels': confidence below this.")
+@click.option("--min-student-iou", cls=DefaultFrom, defaults=QA_DEFAULTS, type=click.FloatRange(0, 1), help="View 'student failures': student IoU below this.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Processes that read and score the masks; 0 = all cores.")
 def qa_build(name, sets, more_sets, predictions, split_dir, masks_dir, min_confidence, min_student_iou, workers) -> None:
     """Create or update a FiftyOne dataset: masks of truth, teachers and student, doubt scores, review views."""
@@ -405,7 +432,7 @@ def qa_build(name, sets, more_sets, predictions, split_dir, masks_dir, min_confi
         result = build_dataset(
             name, [*sets, *more_sets], masks_dir=masks_dir or Path("data/qa") / name, predictions=predictions,
             split_dir=split_dir or (default_split if default_split.is_dir() else None),
-            options=QaOptions(min_confidence=min_confidence, min_student_iou=min_student_iou), workers=workers,
+            options=QaOptions(**given(min_confidence=min_confidence, min_student_iou=min_student_iou)), workers=workers,
         )  # fmt: skip
     except QaError as error:
         raise click.ClickException(str(error)) from error

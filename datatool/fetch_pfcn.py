@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.progress import progress
 from datatool.sources.pfcn import IMAGE_DIR
+from portraitseg.progress import progress
 
 URL_LIST = "alldata_urls.txt"
 CROP_LIST = "crop.txt"

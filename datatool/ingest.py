@@ -28,10 +28,10 @@ from datatool.canonical import IMAGES, MASKS, REPORT, copy_image, encode_image, 
 from datatool.images import TRANSPOSING_ORIENTATIONS, ImageError, apply_orientation, oriented_size, read_image
 from datatool.masks import Mask, MaskError, fit_mask, same_aspect
 from datatool.outputs import OutputFolder
-from datatool.progress import progress
 from datatool.report import Report, printable
 from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, relative_to, signature
 from datatool.sources.base import Record, Source
+from portraitseg.progress import progress
 
 # Bump when the same input would give different output files, so old state is not reused.
 ENGINE_VERSION = 1

@@ -22,7 +22,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from datatool.canonical import FILE_FIELDS, MANIFEST
+from datatool.canonical import MANIFEST
+from portraitseg.records import FILE_FIELDS
 
 LEDGER = ".portraitseg-files.jsonl"
 

@@ -61,18 +61,19 @@ from datatool.canonical import (
 )  # fmt: skip
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
 from datatool.outputs import OutputFolder
-from datatool.progress import progress
 from datatool.report import Report, printable
 from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, signature
-from datatool.sources.base import IMAGE_SUFFIXES, walk_files
+from datatool.sources.base import walk_files
 from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.imagefiles import IMAGE_SUFFIXES
+from portraitseg.progress import progress
+from portraitseg.scoring import PERSON_LEVEL, iou, mean_iou
 
 ENGINE_VERSION = 1  # bump when the same input and teacher would give different output files
 STATE = ".pseudolabel-state.jsonl"
 TEACHER_MASKS = "teacher_masks"
 SOURCE_FORMAT = "photos"  # `source_format` of rows labelled from a photo folder
 MASK_ENCODING = "teacher probability x255"
-PERSON_LEVEL = 128  # stored value at which a pixel counts as person (p >= 0.5)
 UNCERTAIN_BAND = (0.1, 0.9)  # open interval of p that counts as uncertain
 DECIMALS = 4  # manifest precision of the quality fields
 FAILS = {"<": operator.lt, ">": operator.gt}  # how a value fails a minimum ("<") or a maximum (">")
@@ -524,17 +525,9 @@ def mask_quality(mask: np.ndarray) -> dict[str, float]:
     }
 
 
-def binary_iou(first: np.ndarray, second: np.ndarray) -> float:
-    """IoU of two boolean masks of one size; two empty masks agree perfectly (1.0)."""
-    union = np.count_nonzero(first | second)
-    return 1.0 if union == 0 else np.count_nonzero(first & second) / union
-
-
 def mean_pairwise_iou(maps: list[np.ndarray]) -> float:
     """Mean IoU at p >= 0.5 over all pairs of probability maps (1.0 for fewer than two maps)."""
-    masks = [np.asarray(values) >= 0.5 for values in maps]
-    pairs = [binary_iou(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
-    return float(np.mean(pairs)) if pairs else 1.0
+    return mean_iou(iou(maps[i], maps[j]) for i in range(len(maps)) for j in range(i + 1, len(maps)))
 
 
 def teacher_iou(mask: np.ndarray, ground_truth: np.ndarray) -> float:
@@ -543,7 +536,7 @@ def teacher_iou(mask: np.ndarray, ground_truth: np.ndarray) -> float:
         shrinking = ground_truth.size < mask.size
         size = (ground_truth.shape[1], ground_truth.shape[0])
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return binary_iou(mask >= PERSON_LEVEL, ground_truth >= PERSON_LEVEL)
+    return iou(mask, ground_truth)
 
 
 def read_ground_truth(path: Path) -> np.ndarray:

@@ -48,10 +48,10 @@ import cv2
 import numpy as np
 
 from datatool.canonical import MANIFEST, read_rows
-from datatool.progress import progress
 from datatool.report import Report
+from portraitseg.progress import progress
+from portraitseg.scoring import PERSON_LEVEL, iou, mean_iou
 
-PERSON_LEVEL = 128  # stored value at which a pixel counts as person (p >= 0.5), as pseudolabel
 PERSON = 255  # the value of person pixels in every mask file the App shows
 MASK_TARGETS = {PERSON: "person"}
 BOUNDARY_DILATION_RATIO = 0.02  # Boundary IoU's band width as a share of the image diagonal (the paper's default)
@@ -287,15 +287,14 @@ def sample_fields(
     fields["_teachers"] = [teacher for teacher, _, _ in teacher_masks]
     fields["_labels"] = {}
     if teacher_masks:
-        ious = [binary_iou(mask, truth) for _, mask, _ in teacher_masks]
-        for (teacher, _, path), iou in zip(teacher_masks, ious, strict=True):
-            fields["_labels"][f"teacher_{teacher}"] = (path, {"iou": round(iou, 4)})
-        fields["teacher_iou"] = round(float(np.mean(ious)), 4)
+        ious = [iou(mask, truth) for _, mask, _ in teacher_masks]
+        for (teacher, _, path), teacher_iou in zip(teacher_masks, ious, strict=True):
+            fields["_labels"][f"teacher_{teacher}"] = (path, {"iou": round(teacher_iou, 4)})
+        fields["teacher_iou"] = round(mean_iou(ious), 4)
         fields["boundary_iou"] = round(boundary_iou(teacher_masks[0][1], truth), 4)
         if len(teacher_masks) > 1:
             masks = [mask for _, mask, _ in teacher_masks]
-            pairs = [binary_iou(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
-            fields["teachers_iou"] = round(float(np.mean(pairs)), 4)
+            fields["teachers_iou"] = round(mean_iou(iou(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))), 4)
     if confidences:
         fields["confidence"] = round(float(min(confidences)), 4)
     reviews = [row["needs_review"] for _, row in entries if isinstance(row.get("needs_review"), bool)]
@@ -307,7 +306,7 @@ def sample_fields(
         prediction = to_size(read_mask(prediction_path), truth.shape)
         fields["_labels"]["prediction"] = (write_binary(prediction, masks_dir / "prediction" / f"{sample_id}.png"), {})
         fields["prediction"] = True
-        fields["student_iou"] = round(binary_iou(prediction, truth), 4)
+        fields["student_iou"] = round(iou(prediction, truth), 4)
         fields["student_boundary_iou"] = round(boundary_iou(prediction, truth), 4)
     return fields
 
@@ -408,13 +407,6 @@ def write_binary(mask: np.ndarray, path: Path) -> Path:
     if not cv2.imwrite(str(path), binary):
         raise QaError(f"cannot write {path}; check that the masks folder is writable")
     return path
-
-
-def binary_iou(first: np.ndarray, second: np.ndarray) -> float:
-    """IoU of two masks at >= 128; two empty masks agree perfectly (1.0)."""
-    a, b = first >= PERSON_LEVEL, second >= PERSON_LEVEL
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
 def inner_band(mask: np.ndarray, width: int) -> np.ndarray:
@@ -527,6 +519,6 @@ def export_for_relabelling(view, export_dir: Path) -> None:
 
 
 __all__ = [
-    "QA_TAGS", "BuildResult", "QaError", "QaOptions", "SyncResult", "binary_iou", "boundary_iou", "build_dataset",
+    "QA_TAGS", "BuildResult", "QaError", "QaOptions", "SyncResult", "boundary_iou", "build_dataset",
     "app_url", "load_qa_dataset", "serve_app", "sync_tags",
 ]  # fmt: skip

@@ -119,11 +119,6 @@ def read_exclusion_reasons(path: Path) -> dict[str, str]:
     return {sample_id: f"excluded in QA: {tags[sample_id]}" if sample_id in tags else "excluded by list" for sample_id in ids}
 
 
-def resolve(split_dir: Path, row: dict[str, Any], field: str = "image") -> Path:
-    """The file a split row names in `field` (image, mask, edge, ...)."""
-    return Path(split_dir) / row["set"] / row[field]
-
-
 def split_sets(
     inputs: list[Path], output: Path, options: SplitOptions | None = None, *, exclusions: list[str] | dict[str, str] | None = None
 ) -> SplitResult:
@@ -255,5 +250,5 @@ class SplitWriters:
 
 
 __all__ = [
-    "SPLITS", "SplitOptions", "SplitResult", "hashed_split", "read_exclusion_reasons", "read_exclusions", "resolve", "split_sets",
+    "SPLITS", "SplitOptions", "SplitResult", "hashed_split", "read_exclusion_reasons", "read_exclusions", "split_sets",
 ]  # fmt: skip

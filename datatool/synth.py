@@ -42,9 +42,10 @@ from datatool import __version__
 from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, encode_image, make_id, read_rows, write_manifest, write_mask
 from datatool.images import ImageError, apply_orientation, read_image
 from datatool.outputs import OutputFolder
-from datatool.progress import progress
 from datatool.report import Report
-from datatool.sources.base import IMAGE_SUFFIXES, walk_files
+from datatool.sources.base import walk_files
+from portraitseg.imagefiles import IMAGE_SUFFIXES
+from portraitseg.progress import progress
 
 SOURCE_FORMAT = "synth"
 SOFT_KINDS = ("alpha", "soft")  # masks kept as they are; "binary" ones are feathered

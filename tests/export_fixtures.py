@@ -4,7 +4,7 @@ The test images are red-ish ellipses (the person) on a blue-ish noisy background
 model whose weights are set by hand to the colour rule "red minus blue" segments them well (val
 IoU > 0.9), so a broken artefact shows up as a real IoU drop, without a training run (a fit on
 two shared, busy cores takes tens of seconds). Its batch norm has non-trivial statistics, so
-export's batch-norm folding is exercised. The checkpoint is written in `trainer.train`'s format.
+export's batch-norm folding is exercised. The checkpoint is in `trainer.checkpoint`'s format.
 """
 
 import json
@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from conftest import draw_blob
-from trainer.config import build_train_config
+from trainer.checkpoint import Checkpoint, save_checkpoint
+from portraitseg.params import build_section
+from trainer.config import TrainConfig
 from trainer.models import MODELS, SegmentationModel, list_models
-from trainer.train import CHECKPOINT_FORMAT, save_checkpoint
 
 TINY = "tiny_export_segmenter"
 SIZE = 32
@@ -83,26 +84,25 @@ def set_colour_rule(model: TinyExportSegmenter) -> None:
         model.head.bias.zero_()
 
 
-def write_checkpoint(split_dir: Path, output: Path) -> Path:
+def write_checkpoint(output: Path) -> Path:
     """best.pt of the colour-rule model in the checkpoint format `trainer.train.fit` writes."""
     model = TinyExportSegmenter().eval()
     set_colour_rule(model)
-    config = build_train_config({"model": TINY, "split_dir": str(split_dir), "size": SIZE})
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model_name": TINY,
-        "model_options": {},
-        "model": model.state_dict(),
-        "optimizer": {},
-        "scheduler": {},
-        "scaler": {},
-        "epoch": 1,
-        "best_iou": 0.0,
-        "best_epoch": 1,
-        "pos_weight": 1.0,
-        "config": config.to_dict(),
-        "history": [],
-    }
+    config = build_section(TrainConfig, "train", {"model": TINY, "size": SIZE})
+    state = Checkpoint(
+        model_name=TINY,
+        model_options={},
+        model=model.state_dict(),
+        optimizer={},
+        scheduler={},
+        scaler={},
+        epoch=1,
+        best_iou=0.0,
+        best_epoch=1,
+        pos_weight=1.0,
+        config=config.to_dict(),
+        history=[],
+    )
     output.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(state, output / "best.pt")
+    save_checkpoint(state.to_dict(), output / "best.pt")
     return output / "best.pt"

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
+from conftest import make_person_mask, make_photo, write_image
 from PIL import Image
 
-from conftest import make_person_mask, make_photo, write_image
 from datatool import images
 from datatool.canonical import read_manifest
 from datatool.images import ImageError, read_image
@@ -29,8 +29,9 @@ from datatool.ingest import ingest
 from datatool.pseudolabel import pseudolabel
 from datatool.report import Report
 from datatool.sources import create_source
-from datatool.sources.base import IMAGE_SUFFIXES, walk_files
+from datatool.sources.base import walk_files
 from datatool.teachers.base import Teacher
+from portraitseg.imagefiles import IMAGE_SUFFIXES
 
 BLOCKED_AFTER_S = 5
 

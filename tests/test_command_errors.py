@@ -43,15 +43,15 @@ def split_dir(tmp_path) -> Path:
     return write_split(tmp_path / "split")
 
 
-def train_params(tmp_path: Path, split_dir: Path, **changes) -> Path:
-    section = {"model": TINY, "split_dir": str(split_dir), "size": SIZE, "epochs": 1, "batch_size": 4, "augment": False}
+def train_params(tmp_path: Path, **changes) -> Path:
+    section = {"model": TINY, "size": SIZE, "epochs": 1, "batch_size": 4, "augment": False}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"train": {**section, **changes}}))
     return path
 
 
-def train(params: Path, output: Path, *extra):
-    return invoke(trainer_main, "train", "--params", params, "--output", output, *extra)
+def train(params: Path, split_dir: Path, output: Path, *extra):
+    return invoke(trainer_main, "train", "--params", params, "--split-dir", split_dir, "--output", output, *extra)
 
 
 # --- trainer train: the split ------------------------------------------------------------------
@@ -60,13 +60,13 @@ def train(params: Path, output: Path, *extra):
 def test_train_on_a_split_whose_files_are_missing_stops_naming_them(tmp_path, tiny, split_dir):
     for image in (split_dir / "blobs" / "images").glob("train*.jpg"):
         image.unlink()
-    result = train(train_params(tmp_path, split_dir), tmp_path / "run")
+    result = train(train_params(tmp_path), split_dir, tmp_path / "run")
     assert_message(result, split_dir / "train.jsonl", split_dir / "blobs" / "images" / "train0.jpg")
 
 
 def test_train_leaves_out_a_row_whose_file_is_missing_and_lists_it(tmp_path, tiny, split_dir):
     (split_dir / "blobs" / "images" / "train3.jpg").unlink()
-    result = train(train_params(tmp_path, split_dir), tmp_path / "run")
+    result = train(train_params(tmp_path), split_dir, tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert f"{split_dir / 'train.jsonl'}: left out 1 of 8 rows" in result.output
     assert str(split_dir / "blobs" / "images" / "train3.jpg") in result.output
@@ -86,13 +86,13 @@ def test_train_leaves_out_a_row_whose_file_is_missing_and_lists_it(tmp_path, tin
 )
 def test_train_on_an_empty_or_corrupt_split_is_a_message(tmp_path, tiny, split_dir, manifest, content, where):
     (split_dir / manifest).write_bytes(content)
-    result = train(train_params(tmp_path, split_dir), tmp_path / "run")
+    result = train(train_params(tmp_path), split_dir, tmp_path / "run")
     assert_message(result, split_dir / manifest, where)
 
 
 def test_train_with_an_option_the_model_does_not_take_is_a_usage_error(tmp_path, tiny, split_dir):
-    params = train_params(tmp_path, split_dir)
-    result = train(params, tmp_path / "run", "model_options.bogus=1")
+    params = train_params(tmp_path)
+    result = train(params, split_dir, tmp_path / "run", "model_options.bogus=1")
     assert_message(result, "bogus", TINY, params, exit_code=2)
 
 
@@ -107,23 +107,23 @@ def random_checkpoint(path: Path) -> Path:
 
 @pytest.mark.parametrize("command", ["train --resume", "train init_weights", "export", "evaluate"])
 def test_a_random_bytes_checkpoint_is_named_without_pytorch_advice(tmp_path, tiny, split_dir, command):
-    params = train_params(tmp_path, split_dir)
+    params = train_params(tmp_path)
     if command == "train --resume":
         checkpoint = random_checkpoint(tmp_path / "run" / "last.pt")
-        result = train(params, tmp_path / "run", "--resume")
+        result = train(params, split_dir, tmp_path / "run", "--resume")
     elif command == "train init_weights":
         checkpoint = random_checkpoint(tmp_path / "weights" / "best.pt")
-        result = train(params, tmp_path / "run", f"init_weights={checkpoint}")
+        result = train(params, split_dir, tmp_path / "run", f"init_weights={checkpoint}")
     elif command == "export":
         checkpoint = random_checkpoint(tmp_path / "run" / "best.pt")
         result = invoke(trainer_main, "export", "--checkpoint", checkpoint, "--format", "onnx", "--output", tmp_path / "out",
-                        "--validation", split_dir, "--params", tmp_path / "absent.yaml")  # fmt: skip
+                        "--split-dir", split_dir, "--params", tmp_path / "absent.yaml")  # fmt: skip
     else:
         checkpoint = random_checkpoint(tmp_path / "run" / "best.pt")
         (split_dir / "test.jsonl").write_text((split_dir / "val.jsonl").read_text())
         evaluate_params = tmp_path / "evaluate.yaml"
         evaluate_params.write_text(yaml.safe_dump({"evaluate": {"reference": "", "repeats": 1, "warmup": 0}}))
-        result = invoke(trainer_main, "evaluate", "--artefact", checkpoint, "--split", split_dir,
+        result = invoke(trainer_main, "evaluate", "--artefact", checkpoint, "--split-dir", split_dir,
                         "--params", evaluate_params, "--output", tmp_path / "reports")  # fmt: skip
     assert_message(result, checkpoint, "is not a readable")
     assert "weights_only" not in result.output and "file an issue" not in result.output.lower()
@@ -135,7 +135,7 @@ def test_a_random_bytes_checkpoint_is_named_without_pytorch_advice(tmp_path, tin
     ids=["unknown-model", "bad-options"],
 )
 def test_export_of_a_checkpoint_naming_a_model_that_cannot_be_built(tmp_path, tiny, split_dir, change, message):
-    checkpoint = write_checkpoint(split_dir, tmp_path / "run")
+    checkpoint = write_checkpoint(tmp_path / "run")
     torch.save({**torch.load(checkpoint, weights_only=True), **change}, checkpoint)
     result = invoke(trainer_main, "export", "--checkpoint", checkpoint, "--format", "onnx", "--output", tmp_path / "out",
                     "--params", tmp_path / "absent.yaml")  # fmt: skip
@@ -143,10 +143,10 @@ def test_export_of_a_checkpoint_naming_a_model_that_cannot_be_built(tmp_path, ti
 
 
 def test_export_with_a_corrupt_validation_split_names_it(tmp_path, tiny, split_dir):
-    checkpoint = write_checkpoint(split_dir, tmp_path / "run")
+    checkpoint = write_checkpoint(tmp_path / "run")
     (split_dir / "val.jsonl").write_text("not json\n")
-    result = invoke(trainer_main, "export", "--checkpoint", checkpoint, "--format", "onnx", "--output", tmp_path / "out",
-                    "--params", tmp_path / "absent.yaml")  # fmt: skip
+    result = invoke(trainer_main, "export", "--checkpoint", checkpoint, "--format", "onnx", "--split-dir", split_dir,
+                    "--output", tmp_path / "out", "--params", tmp_path / "absent.yaml")  # fmt: skip
     assert_message(result, f"{split_dir / 'val.jsonl'}:1: not a JSON row")
 
 
@@ -166,20 +166,20 @@ def test_export_with_a_corrupt_validation_split_names_it(tmp_path, tiny, split_d
 def test_a_params_file_that_is_not_a_yaml_mapping_is_named(tmp_path, tiny, split_dir, command, content, reason):
     params = tmp_path / "broken.yaml"
     params.write_bytes(content)
-    checkpoint = write_checkpoint(split_dir, tmp_path / "run")
+    checkpoint = write_checkpoint(tmp_path / "run")
     arguments = {
         "train": ["train", "--output", tmp_path / "trained"],
         "export": ["export", "--checkpoint", checkpoint, "--format", "onnx", "--output", tmp_path / "out"],
-        "evaluate": ["evaluate", "--artefact", checkpoint, "--split", split_dir, "--output", tmp_path / "reports"],
+        "evaluate": ["evaluate", "--artefact", checkpoint, "--split-dir", split_dir, "--output", tmp_path / "reports"],
     }[command]
     result = invoke(trainer_main, *arguments, "--params", params)
     assert_message(result, params, reason)
 
 
 def test_evaluate_on_a_corrupt_split_names_the_line(tmp_path, tiny, split_dir):
-    checkpoint = write_checkpoint(split_dir, tmp_path / "run")
+    checkpoint = write_checkpoint(tmp_path / "run")
     (split_dir / "test.jsonl").write_text((split_dir / "val.jsonl").read_text() + "{broken\n")
-    result = invoke(trainer_main, "evaluate", "--artefact", checkpoint, "--split", split_dir,
+    result = invoke(trainer_main, "evaluate", "--artefact", checkpoint, "--split-dir", split_dir,
                     "--params", tmp_path / "absent.yaml", "--output", tmp_path / "reports")  # fmt: skip
     assert_message(result, f"{split_dir / 'test.jsonl'}:7: not a JSON row")
 

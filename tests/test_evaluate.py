@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from torch import nn
 
 from export_fixtures import write_blob
+from portraitseg.params import ConfigError, build_section
+from trainer.checkpoint import load_model
 from trainer.cli import main
 from trainer.complexity import count_macs, count_parameters
-from trainer.config import build_train_config
+from trainer.config import TrainConfig
 from trainer.evaluate import (
     EvaluateConfig,
-    EvaluationError,
     QualityMetrics,
-    build_evaluate_config,
     discover_artefacts,
     evaluate,
     expand_artefacts,
@@ -32,7 +32,7 @@ from trainer.evaluate import (
     model_name_of,
 )
 from trainer.models import MODELS, SegmentationModel
-from trainer.train import fit, load_model
+from trainer.train import fit
 
 TINY = "tiny_evaluate_segmenter"
 
@@ -79,13 +79,13 @@ def split_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory, split_dir, tiny_model) -> Path:
     """models/tiny/best.pt (a short real training run) and models/tiny/export/tiny.onnx."""
-    config = build_train_config(
-        {"model": TINY, "split_dir": str(split_dir), "size": 32, "epochs": 3, "batch_size": 4, "lr": 0.02,
-         "augment": False, "loss_weights": {"bce": 1.0, "dice": 1.0}}
+    config = build_section(
+        TrainConfig, "train", {"model": TINY, "size": 32, "epochs": 3, "batch_size": 4, "lr": 0.02, "augment": False,
+                               "loss_weights": {"bce": 1.0, "dice": 1.0}}
     )  # fmt: skip
     root = tmp_path_factory.mktemp("models")
     run = root / "tiny"
-    fit(config, run, show_progress=False)
+    fit(config, split_dir, run, show_progress=False)
     from trainer.export.graph import build_inference_graph, example_input
 
     model, _ = load_model(run / "best.pt")
@@ -162,16 +162,22 @@ def test_latency_median_and_p90():
     assert 0 < latency["latency_ms"] <= latency["latency_p90_ms"]
 
 
+def evaluate_config(section, overrides=None) -> EvaluateConfig:
+    return build_section(EvaluateConfig, "evaluate", section, overrides)
+
+
 def test_config_rejects_unknown_keys_and_wrong_types():
-    assert build_evaluate_config({"threads": 4}, {"threads": None, "max_images": 3}) == EvaluateConfig(
-        threads=4, max_images=3
+    # A given option (not None) overrides params.yaml, which overrides the dataclass default.
+    assert evaluate_config({"threads": 4, "repeats": 7}, {"threads": None, "repeats": 9, "max_images": 3}) == EvaluateConfig(
+        threads=4, repeats=9, max_images=3
     )
-    with pytest.raises(EvaluationError, match="unknown evaluate key"):
-        build_evaluate_config({"thread": 2})
-    with pytest.raises(EvaluationError, match="evaluate.repeats must be int"):
-        build_evaluate_config({"repeats": "many"})
-    with pytest.raises(EvaluationError, match="at least 1"):
-        build_evaluate_config({"threads": 0})
+    assert evaluate_config({"reference": None}).reference == ""  # `reference:` left empty
+    with pytest.raises(ConfigError, match="unknown evaluate key"):
+        evaluate_config({"thread": 2})
+    with pytest.raises(ConfigError, match="evaluate.repeats must be int"):
+        evaluate_config({"repeats": "many"})
+    with pytest.raises(ConfigError, match="at least 1"):
+        evaluate_config({"threads": 0})
 
 
 # --- artefacts and the command ---------------------------------------------------------------
@@ -188,7 +194,7 @@ def test_evaluate_command_writes_every_report(tmp_path, split_dir, models_dir):
     output = tmp_path / "reports"
     result = CliRunner().invoke(
         main,
-        ["evaluate", "--models-dir", str(models_dir), "--split", str(split_dir), "--output", str(output),
+        ["evaluate", "--models-dir", str(models_dir), "--split-dir", str(split_dir), "--output", str(output),
          "--params", str(quick_params(tmp_path)), "--threads", "1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -234,36 +240,36 @@ def test_clear_errors(tmp_path, split_dir, models_dir):
     params = str(quick_params(tmp_path))
     empty_models = tmp_path / "no-models"
     empty_models.mkdir()
-    result = runner.invoke(main, ["evaluate", "--models-dir", str(empty_models), "--split", str(split_dir), "--params", params])
+    result = runner.invoke(main, ["evaluate", "--models-dir", str(empty_models), "--split-dir", str(split_dir), "--params", params])
     assert result.exit_code != 0 and "no artefacts to evaluate" in result.output
 
     empty_split = tmp_path / "empty-split"
     empty_split.mkdir()
     (empty_split / "test.jsonl").write_text("")
-    result = runner.invoke(main, ["evaluate", "--models-dir", str(models_dir), "--split", str(empty_split), "--params", params])
+    result = runner.invoke(main, ["evaluate", "--models-dir", str(models_dir), "--split-dir", str(empty_split), "--params", params])
     assert result.exit_code != 0 and f"{empty_split / 'test.jsonl'} has no rows" in result.output
 
     missing_image = tmp_path / "missing-image"
     missing_image.mkdir()
     row = {"id": "gone", "set": str(split_dir / "blobs"), "image": "images/gone.jpg", "mask": "masks/gone.png"}
     (missing_image / "test.jsonl").write_text(json.dumps(row) + "\n")
-    result = runner.invoke(main, ["evaluate", "--models-dir", str(models_dir), "--split", str(missing_image), "--params", params])
+    result = runner.invoke(main, ["evaluate", "--models-dir", str(models_dir), "--split-dir", str(missing_image), "--params", params])
     assert result.exit_code != 0 and "cannot read image" in result.output and "gone.jpg" in result.output
 
     corrupt = tmp_path / "broken" / "best.pt"
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"not a checkpoint")
-    result = runner.invoke(main, ["evaluate", "--artefact", str(corrupt), "--split", str(split_dir), "--params", params])
+    result = runner.invoke(main, ["evaluate", "--artefact", str(corrupt), "--split-dir", str(split_dir), "--params", params])
     assert result.exit_code != 0 and f"cannot evaluate {corrupt}" in result.output
 
-    result = runner.invoke(main, ["evaluate", "--artefact", str(tmp_path / "nope.onnx"), "--split", str(split_dir)])
+    result = runner.invoke(main, ["evaluate", "--artefact", str(tmp_path / "nope.onnx"), "--split-dir", str(split_dir)])
     assert result.exit_code != 0 and "does not exist" in result.output
 
     # A reference whose model file is not in the cache names the command that fetches it.
     with_reference = str(quick_params(tmp_path, reference="mediapipe-selfie"))
     result = runner.invoke(
         main,
-        ["evaluate", "--models-dir", str(models_dir), "--split", str(split_dir), "--params", with_reference,
+        ["evaluate", "--models-dir", str(models_dir), "--split-dir", str(split_dir), "--params", with_reference,
          "--model-cache", str(tmp_path / "empty-cache"), "--output", str(tmp_path / "out")],
     )  # fmt: skip
     assert result.exit_code != 0 and "datatool models fetch mediapipe-selfie" in result.output

@@ -16,11 +16,12 @@ from click.testing import CliRunner
 from export_fixtures import SIZE, register_tiny, write_checkpoint, write_split
 from trainer.cli import main
 from trainer.export.calibration import CalibrationError, load_calibration, write_calibration_set
-from trainer.export.pipeline import ExportError, ExportParams, export_checkpoint, load_export_params
+from portraitseg.params import ConfigError, load_section
+from trainer.export.pipeline import ExportConfig, export_checkpoint
 from trainer.export.tflite import cast_weights_fp16
 from trainer.runtime import RunnerError, open_runner
 
-FAST = ExportParams(latency_runs=2)
+FAST = ExportConfig(latency_runs=2)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def tiny(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         register_tiny(monkeypatch)
         split_dir = write_split(root / "split")
-        yield split_dir, write_checkpoint(split_dir, root / "run")
+        yield split_dir, write_checkpoint(root / "run")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def exported(tiny, tmp_path_factory):
     # saves a third LiteRT conversion (the slowest step here).
     pairs = [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")]
     return {
-        f"{fmt}-{precision}": export_checkpoint(checkpoint, fmt, precision, output, FAST) for fmt, precision in pairs
+        f"{fmt}-{precision}": export_checkpoint(checkpoint, fmt, precision, output, split_dir, FAST) for fmt, precision in pairs
     }
 
 
@@ -91,7 +92,8 @@ def test_tflite_fp16_weights_run_close_to_fp32(exported, tmp_path):
 def test_cli_exports_onnx_and_prints_one_line(tiny, tmp_path):
     split_dir, checkpoint = tiny
     no_params = tmp_path / "none.yaml"  # absent: the export defaults apply
-    result = invoke("export", "--checkpoint", checkpoint, "--format", "onnx", "--output", tmp_path, "--params", no_params)
+    result = invoke("export", "--checkpoint", checkpoint, "--format", "onnx", "--split-dir", split_dir, "--output", tmp_path,
+                    "--params", no_params)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.startswith("onnx-fp32: passed - max |dp|") and len(result.output.splitlines()) == 1
     assert (tmp_path / "onnx-fp32.onnx").is_file() and (tmp_path / "onnx-fp32.json").is_file()
@@ -100,7 +102,7 @@ def test_cli_exports_onnx_and_prints_one_line(tiny, tmp_path):
 def test_export_at_another_size_matches_the_checkpoint_run_at_that_size(tiny, tmp_path):
     split_dir, checkpoint = tiny
     side = 2 * SIZE  # the students are fully convolutional
-    result = invoke("export", "--checkpoint", checkpoint, "--format", "onnx", "--size", str(side), "--output", tmp_path,
+    result = invoke("export", "--checkpoint", checkpoint, "--format", "onnx", "--size", str(side), "--split-dir", split_dir, "--output", tmp_path,
                     "--params", tmp_path / "none.yaml")  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "onnx-fp32.json").read_text())
@@ -148,7 +150,7 @@ def test_empty_calibration_set_is_a_clear_error(tiny, tmp_path):
     empty.mkdir()
     result = invoke(
         "export", "--checkpoint", tiny[1], "--format", "onnx", "--precision", "int8",
-        "--calibration", empty, "--output", tmp_path / "out",
+        "--calibration", empty, "--split-dir", tiny[0], "--output", tmp_path / "out",
     )
     assert result.exit_code == 1 and f"calibration set {empty} is empty" in result.output
     with pytest.raises(CalibrationError, match="is empty"):
@@ -161,7 +163,7 @@ def test_parity_failure_exits_non_zero_unless_allowed(tiny, tmp_path):
     dark.mkdir()
     for index in range(3):
         assert cv2.imwrite(str(dark / f"{index}.png"), np.full((SIZE, SIZE, 3), 10, np.uint8))
-    args = ["export", "--checkpoint", tiny[1], "--format", "onnx", "--precision", "int8", "--calibration", dark]
+    args = ["export", "--checkpoint", tiny[1], "--format", "onnx", "--precision", "int8", "--calibration", dark, "--split-dir", tiny[0]]
     failed = invoke(*args, "--output", tmp_path / "strict")
     assert failed.exit_code == 1, failed.output
     assert "onnx-int8: failed" in failed.output and "--allow-drop" in failed.output
@@ -190,19 +192,20 @@ def test_calibration_set_is_deterministic_and_reusable(tiny, tmp_path):
 
 def test_export_params_reject_unknown_keys_and_wrong_types(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("export: {max_iou_drop: 0.02, validation_images: 8}\n")
-    assert load_export_params(params) == ExportParams(max_iou_drop=0.02, validation_images=8)
-    params.write_text("export: {max_iou_dorp: 0.02}\n")
-    with pytest.raises(ExportError, match="unknown export key"):
-        load_export_params(params)
+    params.write_text("export: {max_parity_iou_drop: 0.02, validation_images: 8}\n")
+    assert load_section(params, "export", ExportConfig) == ExportConfig(max_parity_iou_drop=0.02, validation_images=8)
+    assert load_section(None, "export", ExportConfig, {"seed": 3}) == ExportConfig(seed=3)  # no params file
+    params.write_text("export: {max_iou_drop: 0.02}\n")  # the key's old name
+    with pytest.raises(ConfigError, match="unknown export key"):
+        load_section(params, "export", ExportConfig)
     params.write_text("export: {validation_images: 8.5}\n")
-    with pytest.raises(ExportError, match="validation_images must be int"):
-        load_export_params(params)
+    with pytest.raises(ConfigError, match="validation_images must be int"):
+        load_section(params, "export", ExportConfig)
 
 
 def test_missing_validation_split_is_a_clear_error_before_any_work(tiny, tmp_path):
     result = invoke(
-        "export", "--checkpoint", tiny[1], "--format", "onnx", "--validation", tmp_path / "nosplit", "--output", tmp_path
+        "export", "--checkpoint", tiny[1], "--format", "onnx", "--split-dir", tmp_path / "nosplit", "--output", tmp_path
     )
-    assert result.exit_code == 1 and "no validation split at" in result.output and "--validation" in result.output
+    assert result.exit_code == 1 and "no validation split at" in result.output and "--split-dir" in result.output
     assert not (tmp_path / "onnx-fp32.onnx").exists()

@@ -6,13 +6,14 @@ import os
 import cv2
 import numpy as np
 from click.testing import CliRunner
+from conftest import make_person_mask, make_photo, save_jpeg_with_orientation, write_image
 
 import datatool.ingest as engine
-from conftest import make_person_mask, make_photo, save_jpeg_with_orientation, write_image
-from datatool.canonical import REQUIRED_FIELDS, read_manifest
+from datatool.canonical import read_manifest
 from datatool.cli import main
 from datatool.ingest import ingest
 from datatool.sources import create_source
+from portraitseg.records import REQUIRED_FIELDS
 
 
 def build_folder(root, count=4):

@@ -16,6 +16,7 @@ from torchvision.models import mobilenet_v2
 
 from conftest import SHARED, make_photo, write_image
 from test_train import TINY, split_dir, tiny_config, tiny_model  # noqa: F401  (fixtures)
+from trainer.checkpoint import CheckpointError, load_checkpoint, load_init_weights
 from trainer.cli import main
 from trainer.models import create_model
 from trainer.models.deeplab_encoder import (
@@ -25,7 +26,7 @@ from trainer.models.deeplab_encoder import (
     conv_and_norm,
     import_deeplab_encoder,
 )
-from trainer.train import CheckpointError, build_optimizer, fit, load_checkpoint, load_init_weights
+from trainer.train import build_optimizer, fit
 
 DEEPLAB_TFLITE = SHARED / "weights" / "deeplabv3_mnv2_pascal_quant.tflite"
 
@@ -50,7 +51,7 @@ def test_init_weights_loads_part_of_a_model_and_scales_its_learning_rate(tmp_pat
         assert torch.equal(model.state_dict()[key], value), key
     assert not torch.equal(model.mask_head.weight, donor.mask_head.weight)  # not in the file: left as built
 
-    optimizer = build_optimizer(model, tiny_config(split_dir, lr=0.01, init_lr_scale=0.1), initialised)
+    optimizer = build_optimizer(model, tiny_config(lr=0.01, init_lr_scale=0.1), initialised)
     fresh, pretrained = optimizer.param_groups
     assert fresh["lr"] == 0.01 and pretrained["lr"] == pytest.approx(0.001)
     assert {id(p) for p in pretrained["params"]} == {id(p) for k, p in model.named_parameters() if k in initialised}
@@ -58,16 +59,16 @@ def test_init_weights_loads_part_of_a_model_and_scales_its_learning_rate(tmp_pat
 
 def test_a_run_starts_from_init_weights_and_resumes_with_the_same_groups(tmp_path, split_dir, tiny_model):
     # A finished run's checkpoint is an init file too (fine-tuning).
-    fit(tiny_config(split_dir, epochs=3), tmp_path / "first", show_progress=False)
+    fit(tiny_config(epochs=3), split_dir, tmp_path / "first", show_progress=False)
     first = load_checkpoint(tmp_path / "first" / "best.pt")
-    config = tiny_config(split_dir, epochs=2, init_weights=str(tmp_path / "first" / "best.pt"), init_lr_scale=0.5)
-    summary = fit(config, tmp_path / "tuned", show_progress=False)
+    config = tiny_config(epochs=2, init_weights=str(tmp_path / "first" / "best.pt"), init_lr_scale=0.5)
+    summary = fit(config, split_dir, tmp_path / "tuned", show_progress=False)
     # Starting from a trained model, the first epoch already scores near the first run's best.
     history = load_checkpoint(tmp_path / "tuned" / "last.pt")["history"]
     assert history[0]["val_iou"] > first["best_iou"] - 0.1
     assert summary["val_iou"] > 0.5
     # Resume rebuilds the same two parameter groups, so the optimizer state loads.
-    fit(tiny_config(split_dir, epochs=3, init_weights=config.init_weights, init_lr_scale=0.5), tmp_path / "tuned",
+    fit(tiny_config(epochs=3, init_weights=config.init_weights, init_lr_scale=0.5), split_dir, tmp_path / "tuned",
         resume=True, show_progress=False)  # fmt: skip
     assert load_checkpoint(tmp_path / "tuned" / "last.pt")["epoch"] == 3
 
@@ -93,7 +94,7 @@ def test_init_weights_errors_are_clear(tmp_path, split_dir, tiny_model):
         load_init_weights(model, save_init_file(tmp_path / "neck.pt", {"neck.weight": torch.zeros(1)}), TINY, {})
     # Through fit: the run stops before training anything.
     with pytest.raises(CheckpointError, match="no file at"):
-        fit(tiny_config(split_dir, init_weights=str(tmp_path / "absent.pt")), tmp_path / "run", show_progress=False)
+        fit(tiny_config(init_weights=str(tmp_path / "absent.pt")), split_dir, tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
 
 

@@ -43,9 +43,10 @@ def test_iou_and_dice_are_sums_over_the_dataset():
 
 def test_threshold_is_probability_half_and_soft_targets_binarised():
     metrics = SegmentationMetrics()
-    # Logit 0 is p = 0.5: not person. Target 0.6 is person, 0.4 is not.
+    # Logit 0 is p = 0.5: person, by the one rule of portraitseg.scoring (p >= 0.5), as a stored
+    # mask value of 128 is. Target 0.6 is person, 0.4 is not.
     metrics.update(torch.tensor([0.0, 0.1, 0.1, -1.0]).view(1, 1, 2, 2), as_mask([0.6, 0.6], [0.4, 0.4]))
-    assert metrics.compute()["iou"] == pytest.approx(1 / 3)  # I = {pixel 2}, U = {pixels 1, 2, 3}
+    assert metrics.compute()["iou"] == pytest.approx(2 / 3)  # I = {pixels 1, 2}, U = {pixels 1, 2, 3}
 
 
 def test_outline_ignores_the_frame():

@@ -7,6 +7,7 @@ import onnxruntime
 import pytest
 import torch
 
+from trainer.complexity import count_parameters
 from trainer.models import SegmentationModel, create_model, is_model, list_models
 from trainer.models.base import fuse_conv_batch_norm
 from trainer.models.blazeseg import BlazeSeg
@@ -24,10 +25,6 @@ PARAMETER_RANGES = {
 }
 AUX_OUTPUTS = {"portraitnet": {"mask", "edge"}}
 MODELS = list_models()
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 @pytest.fixture(scope="module", params=MODELS)

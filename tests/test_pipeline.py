@@ -64,8 +64,7 @@ def provide_teacher_models(clone: Path) -> bool:
         params["models"]["fetch"], params["pseudolabel"]["inputs"] = [], {}
         # The stages that read the labelled photos read an ingested set instead (README.md).
         params["backgrounds"]["photos"] = "data/interim/ingest/demo-pfcn"
-        params["boundary"]["inputs"].pop("demo-photos")
-        params["split"]["sets"]["input"].remove("data/interim/boundary/demo-photos")
+        params["sets"].pop("demo-photos")
         (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return False
     for name, path in cached.items():

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_photo, save_jpeg_with_orientation, write_image
 from PIL import Image
 
-from conftest import make_photo, save_jpeg_with_orientation, write_image
-from datatool.canonical import MASK_KINDS, REQUIRED_FIELDS, read_manifest
+from datatool.canonical import read_manifest
 from datatool.cli import main
 from datatool.ingest import ingest
 from datatool.pseudolabel import (
@@ -30,6 +30,7 @@ from datatool.pseudolabel import (
 from datatool.sources import create_source
 from datatool.teachers.base import Teacher, TeacherError
 from datatool.teachers.ensemble import EnsembleTeacher
+from portraitseg.records import MASK_KINDS, REQUIRED_FIELDS
 
 RED, GREEN = 0, 1  # channel indices in RGB
 

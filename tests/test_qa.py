@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from datatool.cli import main
 from datatool.qa import (
-    VIEW_LOW_CONFIDENCE, VIEW_STUDENT_FAILURES, VIEW_SUSPECT, QaError, binary_iou, boundary_iou, build_dataset, sync_tags,
+    VIEW_LOW_CONFIDENCE, VIEW_STUDENT_FAILURES, VIEW_SUSPECT, QaError, boundary_iou, build_dataset, sync_tags,
 )  # fmt: skip
 from datatool.split import SPLITS
+from portraitseg.scoring import iou
 from qa_fixtures import TEACHER_SHIFTS, make_people_sets, shifted, unique_name, use_test_database
 from conftest import write_image
 
@@ -58,10 +59,10 @@ def test_samples_hold_every_mask_and_the_doubt_scores(built):
             stored = sample[field].get_mask()
             assert stored.shape == truth.shape and set(np.unique(stored)) <= {0, 255}
         assert np.array_equal(sample.teacher_teacher_b.get_mask(), teacher_b)  # the soft 200s were thresholded
-        ious = [binary_iou(teacher_a, truth), binary_iou(teacher_b, truth)]
+        ious = [iou(teacher_a, truth), iou(teacher_b, truth)]
         assert sample.teacher_teacher_a.iou == pytest.approx(ious[0], abs=1e-4)
         assert sample.teacher_iou == pytest.approx(np.mean(ious), abs=1e-4)
-        assert sample.teachers_iou == pytest.approx(binary_iou(teacher_a, teacher_b), abs=1e-4)
+        assert sample.teachers_iou == pytest.approx(iou(teacher_a, teacher_b), abs=1e-4)
         assert sample.boundary_iou == pytest.approx(boundary_iou(teacher_a, truth), abs=1e-4)
         assert sample.confidence == pytest.approx(min(1.0 - index / 10, 0.99))
         assert sample.source == "people-dev" and sample.mask_kind == "binary"
@@ -77,7 +78,7 @@ def test_boundary_iou_hand_computed():
     moved = np.roll(square, 1, axis=1)
     # Only the top and bottom rows' 29 shared pixels stay on both outlines: 58 / (116 + 116 - 58).
     assert boundary_iou(square, moved) == pytest.approx(58 / 174)
-    assert binary_iou(square, moved) == pytest.approx(870 / 930)  # the plain IoU barely moves
+    assert iou(square, moved) == pytest.approx(870 / 930)  # the plain IoU barely moves
     assert boundary_iou(square, square) == 1.0
     assert boundary_iou(square, np.zeros_like(square)) == 0.0
     assert boundary_iou(np.zeros_like(square), np.zeros_like(square)) == 1.0

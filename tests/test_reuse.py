@@ -1,6 +1,5 @@
 """The re-use state shared by ingest and pseudolabel."""
 
-import json
 
 import pytest
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from export_fixtures import SIZE, register_tiny, write_checkpoint, write_split
+from export_fixtures import SIZE, register_tiny, write_checkpoint
 from trainer.export.onnx import export_onnx
 from trainer.runtime import RunnerError, dequantize, open_runner, quantize
-from trainer.train import load_model
+from trainer.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def artefacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("runtime")
     with pytest.MonkeyPatch.context() as monkeypatch:
         register_tiny(monkeypatch)
-        checkpoint = write_checkpoint(write_split(root / "split"), root / "run")
+        checkpoint = write_checkpoint(root / "run")
         model, _ = load_model(checkpoint)
         yield checkpoint, export_onnx(model, SIZE, root / "onnx-fp32.onnx")
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from datatool.canonical import write_manifest
 from datatool.cli import main
-from datatool.split import SPLITS, SplitOptions, hashed_split, read_exclusions, resolve, split_sets
+from datatool.split import SPLITS, SplitOptions, hashed_split, read_exclusions, split_sets
+from portraitseg.records import resolve
 
 OFFICIAL = st.sampled_from([None, None, "train", "val", "test"])
 
@@ -189,3 +190,18 @@ def test_cli_multiple_sets_and_exclusions(tmp_path):
     assert sum(len(rows) for rows in read_splits(tmp_path / "out").values()) == 68
     refused = CliRunner().invoke(main, [*arguments[:-6], "--val", "0.7", "--test", "0.7", "--seed", "5"])
     assert refused.exit_code != 0 and "exceed 1" in refused.output
+
+
+def test_cli_takes_the_sets_named_in_params_from_a_folder(tmp_path):
+    """The pipeline's form: DIR/<name> for every name of params.yaml's `sets:`, in that order."""
+    sets = three_sets(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("sets:\n" + "".join(f"  {path.name}: data/interim/ingest/{path.name}\n" for path in sets))
+    options = ["--output", str(tmp_path / "named"), "--val", "0.2", "--test", "0.2", "--seed", "5"]
+    result = CliRunner().invoke(main, ["split", "--sets-dir", str(tmp_path / "sets"), "--params", str(params), *options])
+    assert result.exit_code == 0, result.output
+    split_sets(sets, tmp_path / "listed", SplitOptions(val_fraction=0.2, test_fraction=0.2, seed=5))
+    for name in SPLITS:
+        assert (tmp_path / "named" / f"{name}.jsonl").read_bytes() == (tmp_path / "listed" / f"{name}.jsonl").read_bytes()
+    alone = CliRunner().invoke(main, ["split", "--sets-dir", str(tmp_path / "sets"), *options])
+    assert alone.exit_code == 2 and "--sets-dir and --params go together" in alone.output

@@ -16,7 +16,7 @@ from datatool.models import ModelMissingError
 from datatool.teachers import TEACHERS, Teacher, create_teacher, list_specs, list_teachers
 from datatool.teachers.base import TeacherError
 from datatool.teachers.ensemble import EnsembleTeacher
-from datatool.teachers.resizing import letterbox, resize_image, resize_probability, stretch
+from portraitseg.resize import letterbox, resize_image, resize_probability, stretch
 
 ODD_SIZES = [(1, 1), (2, 999), (999, 2), (37, 53)]
 

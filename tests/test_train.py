@@ -17,10 +17,12 @@ from torch import nn
 
 import trainer.train as train_module
 from conftest import draw_blob
+from trainer.checkpoint import CheckpointError, load_checkpoint, load_model
 from trainer.cli import main
-from trainer.config import ConfigError, TrainConfig, build_train_config, load_train_config, parse_overrides
+from portraitseg.params import ConfigError, build_section, load_section, parse_overrides
+from trainer.config import TrainConfig
 from trainer.models import MODELS, SegmentationModel
-from trainer.train import CheckpointError, build_datasets, fit, load_checkpoint, load_model
+from trainer.train import build_datasets, fit
 
 TINY = "tiny_test_segmenter"
 
@@ -92,10 +94,9 @@ def split_dir(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(split_dir: Path, **changes) -> TrainConfig:
+def tiny_config(**changes) -> TrainConfig:
     options = {
         "model": TINY,
-        "split_dir": str(split_dir),
         "size": 32,
         "epochs": 4,
         "batch_size": 4,
@@ -104,7 +105,7 @@ def tiny_config(split_dir: Path, **changes) -> TrainConfig:
         "augment": False,
         "loss_weights": {"bce": 1.0, "dice": 1.0, "boundary": 0.5, "edge_head": 0.5},
     }
-    return build_train_config({**options, **changes})
+    return build_section(TrainConfig, "train", {**options, **changes})
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -112,8 +113,8 @@ def tiny_config(split_dir: Path, **changes) -> TrainConfig:
 
 def test_config_reads_params_and_applies_overrides(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": {"model": "blazeseg", "epochs": 3, "lr": 1, "students": ["a"]}}))
-    config = load_train_config(params, ["epochs=5", "loss_weights.dice=0.25", "model_options.width=4"])
+    params.write_text(yaml.safe_dump({"train": {"model": "blazeseg", "epochs": 3, "lr": 1}}))
+    config = load_section(params, "train", TrainConfig, parse_overrides(["epochs=5", "loss_weights.dice=0.25", "model_options.width=4"]))
     assert (config.model, config.epochs, config.model_options) == ("blazeseg", 5, {"width": 4})
     assert config.lr == 1.0 and isinstance(config.lr, float)  # int accepted for a float field
     # One nested override keeps the other default weights.
@@ -140,37 +141,35 @@ def test_config_reads_params_and_applies_overrides(tmp_path):
 )
 def test_config_rejects_unknown_keys_wrong_types_and_values(section, message):
     with pytest.raises(ConfigError) as error:
-        build_train_config(section)
+        build_section(TrainConfig, "train", section)
     assert message in str(error.value)
 
 
 def test_val_sources_keeps_only_those_val_rows(tmp_path, split_dir):
     # One word on the command line is a one-item list.
-    assert build_train_config({}, parse_overrides(["val_sources=people-dev"])).val_sources == ["people-dev"]
+    assert build_section(TrainConfig, "train", {}, parse_overrides(["val_sources=people-dev"])).val_sources == ["people-dev"]
     for split in ("train", "val"):  # the fixture's rows, pointing at its files, half of them "composites"
         rows = [json.loads(line) for line in (split_dir / f"{split}.jsonl").read_text().splitlines()]
         rows = [{**row, "set": str(split_dir / "blobs"), "source": ("real", "synth")[i % 2]} for i, row in enumerate(rows)]
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    _, val_set = build_datasets(tiny_config(tmp_path, val_sources=["real"]))
+    _, val_set = build_datasets(tiny_config(val_sources=["real"]), tmp_path)
     assert [row["id"] for row in val_set.rows] == ["val0", "val2"]
     assert val_set[0]["image"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="of sources nobody"):
-        build_datasets(tiny_config(tmp_path, val_sources=["nobody"]))
+        build_datasets(tiny_config(val_sources=["nobody"]), tmp_path)
 
 
-def test_override_must_be_key_value(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("train: {}\n")
+def test_override_must_be_key_value():
     with pytest.raises(ConfigError, match="not key=value"):
-        load_train_config(params, ["epochs"])
+        parse_overrides(["epochs"])
 
 
 # --- the loop --------------------------------------------------------------------------------
 
 
 def test_tiny_run_learns_and_writes_loadable_checkpoints(tmp_path, split_dir, tiny_model):
-    config = tiny_config(split_dir, epochs=6)
-    summary = fit(config, tmp_path / "run", show_progress=False)
+    config = tiny_config(epochs=6)
+    summary = fit(config, split_dir, tmp_path / "run", show_progress=False)
 
     state = load_checkpoint(tmp_path / "run" / "last.pt")  # weights_only=True inside
     history = state["history"]
@@ -196,21 +195,20 @@ def test_tiny_run_learns_and_writes_loadable_checkpoints(tmp_path, split_dir, ti
 
 def test_plateau_schedule_and_consistency_and_distillation_terms(tmp_path, split_dir, tiny_model):
     config = tiny_config(
-        split_dir,
         epochs=2,
         schedule="plateau",
         augment=True,
         loss_weights={"bce": 1.0, "consistency": 0.5, "distillation": 0.5},
     )
-    fit(config, tmp_path / "run", show_progress=False)
+    fit(config, split_dir, tmp_path / "run", show_progress=False)
     first = load_checkpoint(tmp_path / "run" / "last.pt")["history"][0]
     assert first["train_consistency"] > 0 and first["train_distillation"] > 0
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, split_dir, tiny_model, monkeypatch, ema_decay):
-    config = tiny_config(split_dir, epochs=4, augment=True, max_train_samples=6, ema_decay=ema_decay)
-    fit(config, tmp_path / "straight", show_progress=False)
+    config = tiny_config(epochs=4, augment=True, max_train_samples=6, ema_decay=ema_decay)
+    fit(config, split_dir, tmp_path / "straight", show_progress=False)
 
     save_checkpoint = train_module.save_checkpoint
 
@@ -222,11 +220,11 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, split_dir, t
 
     monkeypatch.setattr(train_module, "save_checkpoint", die_before_saving_epoch_three)
     with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "killed", show_progress=False)
+        fit(config, split_dir, tmp_path / "killed", show_progress=False)
     monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint)
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
 
-    fit(config, tmp_path / "killed", resume=True, show_progress=False)
+    fit(config, split_dir, tmp_path / "killed", resume=True, show_progress=False)
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert resumed["epoch"] == 4
@@ -244,15 +242,15 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, split_dir, t
 
 
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path, split_dir, tiny_model):
-    config = tiny_config(split_dir, epochs=1)
+    config = tiny_config(epochs=1)
     with pytest.raises(CheckpointError, match="no checkpoint at"):
-        fit(config, tmp_path / "run", resume=True, show_progress=False)
+        fit(config, split_dir, tmp_path / "run", resume=True, show_progress=False)
 
-    fit(config, tmp_path / "run", show_progress=False)
+    fit(config, split_dir, tmp_path / "run", show_progress=False)
     last = tmp_path / "run" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a truncated copy
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        fit(config, tmp_path / "run", resume=True, show_progress=False)
+        fit(config, split_dir, tmp_path / "run", resume=True, show_progress=False)
     last.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(last)
@@ -262,10 +260,10 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path, split_dir, tin
 
 
 def test_checkpoint_of_another_model_or_shape_is_refused(tmp_path, split_dir, tiny_model):
-    fit(tiny_config(split_dir, epochs=1), tmp_path / "run", show_progress=False)
-    wider = tiny_config(split_dir, epochs=2, model_options={"width": 16})
+    fit(tiny_config(epochs=1), split_dir, tmp_path / "run", show_progress=False)
+    wider = tiny_config(epochs=2, model_options={"width": 16})
     with pytest.raises(CheckpointError, match=r"holds tiny_test_segmenter \{\}, but this run trains"):
-        fit(wider, tmp_path / "run", resume=True, show_progress=False)
+        fit(wider, split_dir, tmp_path / "run", resume=True, show_progress=False)
 
     # Same name and options on record, weights of another shape: the state_dict load is refused.
     last = tmp_path / "run" / "last.pt"
@@ -273,21 +271,19 @@ def test_checkpoint_of_another_model_or_shape_is_refused(tmp_path, split_dir, ti
     state["model_options"] = {"width": 16}
     torch.save(state, last)
     with pytest.raises(CheckpointError, match="does not fit tiny_test_segmenter"):
-        fit(wider, tmp_path / "run", resume=True, show_progress=False)
+        fit(wider, split_dir, tmp_path / "run", resume=True, show_progress=False)
 
 
 # --- the commands ----------------------------------------------------------------------------
 
 
-def write_params(tmp_path: Path, split_dir: Path, **changes) -> Path:
+def write_params(tmp_path: Path, **changes) -> Path:
     section = {
         "model": TINY,
-        "split_dir": str(split_dir),
         "size": 32,
         "epochs": 1,
         "batch_size": 4,
         "augment": False,
-        "students": [TINY],
         **changes,
     }
     params = tmp_path / "params.yaml"
@@ -296,18 +292,16 @@ def write_params(tmp_path: Path, split_dir: Path, **changes) -> Path:
 
 
 def test_train_and_leaderboard_commands(tmp_path, split_dir, tiny_model):
-    params = write_params(tmp_path, split_dir)
+    params = write_params(tmp_path)
     runner = CliRunner()
     models_dir = tmp_path / "models"
-    result = runner.invoke(
-        main, ["train", "--params", str(params), "--output", str(models_dir / "tiny"), "epochs=2", "lr=0.02"]
-    )
+    train = ["train", "--params", str(params), "--split-dir", str(split_dir), "--output", str(models_dir / "tiny")]
+    result = runner.invoke(main, [*train, "epochs=2", "lr=0.02"])
     assert result.exit_code == 0, result.output
     assert "tiny_test_segmenter: val IoU" in result.output and "epoch" in result.output
     assert json.loads((models_dir / "tiny" / "config.json").read_text())["epochs"] == 2
 
-    resume = ["train", "--params", str(params), "--output", str(models_dir / "tiny"), "--resume", "epochs=3"]
-    result = runner.invoke(main, resume)
+    result = runner.invoke(main, [*train, "--resume", "epochs=3"])
     assert result.exit_code == 0, result.output
     assert load_checkpoint(models_dir / "tiny" / "last.pt")["epoch"] == 3
 
@@ -319,9 +313,9 @@ def test_train_and_leaderboard_commands(tmp_path, split_dir, tiny_model):
 
 
 def test_train_command_errors(tmp_path, split_dir, tiny_model):
-    params = write_params(tmp_path, split_dir)
+    params = write_params(tmp_path)
     runner = CliRunner()
-    result = runner.invoke(main, ["train", "--params", str(params), "epochz=2"])
+    result = runner.invoke(main, ["train", "--params", str(params), "--split-dir", str(split_dir), "epochz=2"])
     assert result.exit_code == 2 and "unknown train key(s): epochz" in result.output
 
     result = runner.invoke(main, ["train", "--params", str(params), "--model", "blazeseq"])
@@ -330,5 +324,5 @@ def test_train_command_errors(tmp_path, split_dir, tiny_model):
     output = tmp_path / "broken"
     output.mkdir()
     (output / "last.pt").write_bytes(b"\x00" * 100)
-    result = runner.invoke(main, ["train", "--params", str(params), "--output", str(output), "--resume"])
+    result = runner.invoke(main, ["train", "--params", str(params), "--split-dir", str(split_dir), "--output", str(output), "--resume"])
     assert result.exit_code == 1 and "not a readable checkpoint" in result.output

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from test_train import split_dir, write_params  # noqa: F401 (split_dir is a fixture shared with it)
-from trainer.train import load_checkpoint
+from trainer.checkpoint import load_checkpoint
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="needs torchrun")
 def test_torchrun_two_processes_on_cpu(tmp_path, split_dir):
     """DistributedDataParallel with gloo: two ranks train one model, rank 0 alone writes the outputs."""
-    params = write_params(tmp_path, split_dir, model="blazeseg", epochs=1, batch_size=2)
+    params = write_params(tmp_path, model="blazeseg", epochs=1, batch_size=2)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -32,6 +32,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path, split_dir):
             "train",
             "--params",
             str(params),
+            "--split-dir",
+            str(split_dir),
             "--output",
             str(tmp_path / "ddp"),
         ],

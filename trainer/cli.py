@@ -6,18 +6,49 @@ from pathlib import Path
 
 import click
 
+from portraitseg.params import DefaultFrom
 from trainer import __version__
 
 BACKENDS = ("torch", "torchvision", "onnx", "onnxruntime", "ai-edge-litert", "litert-torch", "dvc", "dvclive")
+# The dataclass of each params section a command reads: the one place its defaults live.
+SECTION_DEFAULTS = {
+    "train": "trainer.config:TrainConfig",
+    "evaluate": "trainer.evaluate:EvaluateConfig",
+    "export": "trainer.export.pipeline:ExportConfig",
+}
 
 
 def params_option(help_text: str, must_exist: bool = False):
-    """The `--params FILE` option (default params.yaml) that every command reading a params section takes."""
+    """The `--params FILE` option (default params.yaml) that every command reading a params section takes.
+
+    Unless `must_exist`, an absent file reaches the command as None: the section's defaults apply.
+    """
     return click.option(
         "--params",
         "params_path",
         type=click.Path(exists=must_exist, dir_okay=False, path_type=Path),
         default="params.yaml",
+        show_default=True,
+        callback=lambda ctx, param, path: path if path.is_file() else None,
+        help=help_text,
+    )
+
+
+def setting_option(*param_decls: str, key: str, **attrs):
+    """An option that overrides params key `key` ("section.field") when given; --help shows the key
+    and the section dataclass's default."""
+    section, _, field = key.partition(".")
+    return click.option(
+        *param_decls, cls=DefaultFrom, defaults=SECTION_DEFAULTS[section], field=field, params_key=key, **attrs
+    )
+
+
+def split_dir_option(help_text: str):
+    """`--split-dir DIR`: the `datatool split` folder (train/val/test.jsonl), one name for every command."""
+    return click.option(
+        "--split-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default="data/processed/split",
         show_default=True,
         help=help_text,
     )
@@ -48,7 +79,8 @@ def env() -> None:
 
 @main.command()
 @params_option("YAML file whose `train:` section configures the run.", must_exist=True)
-@click.option("--model", help="Registered model to train (overrides train.model); a wrong name lists them.")
+@split_dir_option("`datatool split` folder whose train.jsonl and val.jsonl the run reads.")
+@setting_option("--model", key="train.model", help="Registered model to train; a wrong name lists them.")
 @click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
@@ -56,25 +88,29 @@ def env() -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue from <output>/last.pt.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-def train(params_path: Path, model: str | None, output: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
+def train(
+    params_path: Path, split_dir: Path, model: str | None, output: Path | None, resume: bool, overrides: tuple[str, ...]
+) -> None:
     """Train one student on the split manifests.
 
     KEY=VALUE pairs override the `train:` section, e.g. `epochs=5 loss_weights.dice=0.5`.
     """
-    from trainer.config import ConfigError, load_train_config
-    from trainer.data import SplitError
+    from portraitseg.records import SplitError
+    from trainer.checkpoint import CheckpointError
+    from portraitseg.params import ConfigError, given, load_section, parse_overrides
+    from trainer.config import TrainConfig
     from trainer.models import ModelError, is_model, list_models
-    from trainer.train import CheckpointError, fit
+    from trainer.train import fit
 
     try:
-        config = load_train_config(params_path, [*overrides, *([f"model={model}"] if model else [])])
+        config = load_section(params_path, "train", TrainConfig, {**parse_overrides(overrides), **given(model=model)})
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     if not is_model(config.model):
         raise click.UsageError(f"unknown model {config.model!r}; registered models: {', '.join(list_models())}")
     output = output or Path("models") / config.model
     try:
-        summary = fit(config, output, resume=resume)
+        summary = fit(config, split_dir, output, resume=resume)
     except ModelError as error:
         raise click.UsageError(f"{error}; fix train.model_options in {params_path} or on the command line") from error
     except (CheckpointError, SplitError, OSError) as error:  # OSError: an image that cannot be read, a full disk
@@ -156,11 +192,11 @@ def leaderboard(models_dir: Path, output: Path | None) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Also evaluate every <dir>/*/best.pt and <dir>/*/export/*.{onnx,tflite,engine}.",
 )
-@click.option("--split", "split_dir", type=click.Path(path_type=Path), default="data/processed/split", show_default=True)
-@click.option("--set", "set_name", help="Which manifest of the split (test, val, train).  [default: evaluate.set or test]")
+@split_dir_option("`datatool split` folder; --set picks its manifest.")
+@setting_option("--set", "set_name", key="evaluate.set", help="Which manifest of the split (test, val, train).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True)
-@click.option("--threads", type=int, help="CPU threads of every runtime.  [default: evaluate.threads or 2]")
-@click.option("--max-images", type=int, help="Evaluate the first N images only (0 = all).")
+@setting_option("--threads", key="evaluate.threads", type=int, help="CPU threads of every runtime.")
+@setting_option("--max-images", key="evaluate.max_images", type=int, help="Evaluate the first N images only (0 = all).")
 @params_option("YAML file whose `evaluate:` section sets band width, threads, warm-up, repeats, reference (absent = defaults).")
 @click.option(
     "--model-cache",
@@ -175,22 +211,20 @@ def evaluate(
     output: Path,
     threads: int | None,
     max_images: int | None,
-    params_path: Path,
+    params_path: Path | None,
     model_cache: Path | None,
 ) -> None:
     """Quality and batch-1 CPU latency of every model x backend beside the MediaPipe reference."""
-    from trainer.evaluate import (
-        EvaluationError,
-        discover_artefacts,
-        evaluate,
-        expand_artefacts,
-        load_evaluate_config,
-    )
+    from portraitseg.params import ConfigError, load_section
+    from trainer.evaluate import EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts
     from trainer.evaluation_report import write_reports
 
     overrides = {"set": set_name, "threads": threads, "max_images": max_images}
     try:
-        config = load_evaluate_config(params_path if params_path.is_file() else None, overrides)
+        config = load_section(params_path, "evaluate", EvaluateConfig, overrides)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    try:
         paths = expand_artefacts(artefacts) + (discover_artefacts(models_dir) if models_dir else [])
         result = evaluate(list(dict.fromkeys(paths)), split_dir, config, model_cache=model_cache)
     except EvaluationError as error:
@@ -204,25 +238,29 @@ def evaluate(
 
 
 @main.command("calibration-set")
-@click.option(
-    "--split-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="`datatool split` folder; images come from its train.jsonl.",
-)
+@split_dir_option("`datatool split` folder; images come from its train.jsonl.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write.")
-@click.option("--count", type=click.IntRange(min=1), default=64, show_default=True, help="Train images to draw.")
+@setting_option("--count", key="export.calibration_images", type=click.IntRange(min=1), help="Train images to draw.")
 @click.option("--size", type=click.IntRange(min=1), required=True, help="Model input side in px (train.size).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed -> the same images.")
-def calibration_set(split_dir: Path, output: Path, count: int, size: int, seed: int) -> None:
+@setting_option("--seed", key="export.seed", type=int, help="Same seed -> the same images.")
+@params_option("YAML file whose `export:` section sets the count and seed (defaults when the file or section is absent).")
+def calibration_set(
+    split_dir: Path, output: Path, count: int | None, size: int, seed: int | None, params_path: Path | None
+) -> None:
     """Write the int8 calibration set: COUNT seeded train images at SIZE x SIZE (samples.npy + calibration.json)."""
+    from portraitseg.params import ConfigError, load_section
     from trainer.export.calibration import CalibrationError, write_calibration_set
+    from trainer.export.pipeline import ExportConfig
 
     try:
-        info = write_calibration_set(split_dir, output, count, size, seed)
+        config = load_section(params_path, "export", ExportConfig, {"calibration_images": count, "seed": seed})
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    try:
+        info = write_calibration_set(split_dir, output, config.calibration_images, size, config.seed)
     except (CalibrationError, OSError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"{info.count} train images at {size}x{size} (seed {seed}) -> {output}")
+    click.echo(f"{info.count} train images at {size}x{size} (seed {config.seed}) -> {output}")
 
 
 @main.command()
@@ -237,17 +275,13 @@ def calibration_set(split_dir: Path, output: Path, count: int, size: int, seed: 
 @click.option(
     "--calibration",
     type=click.Path(path_type=Path),
-    help="int8: a `trainer calibration-set` folder, a split folder or a folder of images.  [default: the train split]",
+    help="int8: a `trainer calibration-set` folder, a split folder or a folder of images.  [default: --split-dir]",
 )
-@click.option(
-    "--validation",
-    type=click.Path(path_type=Path),
-    help="Split folder whose val.jsonl the parity check uses.  [default: the checkpoint's split_dir]",
-)
+@split_dir_option("`datatool split` folder: the parity check uses its val.jsonl, int8 calibrates on its train.jsonl.")
 @click.option(
     "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the artefact."
 )
-@click.option("--allow-drop", is_flag=True, help="Exit 0 even when the IoU drop exceeds export.max_iou_drop.")
+@click.option("--allow-drop", is_flag=True, help="Exit 0 even when the IoU drop exceeds export.max_parity_iou_drop.")
 @click.option("--size", type=click.IntRange(min=16), help="Input side of the artefact in px.  [default: the training size]")
 @params_option("YAML file whose `export:` section sets the checks (defaults when the file or section is absent).")
 def export(
@@ -255,36 +289,31 @@ def export(
     fmt: str,
     precision: str,
     calibration: Path | None,
-    validation: Path | None,
+    split_dir: Path,
     output: Path,
     allow_drop: bool,
-    params_path: Path,
+    params_path: Path | None,
     size: int | None,
 ) -> None:
     """Export a checkpoint to ONNX, TFLite or TensorRT and check it against fp32 PyTorch on validation photos."""
+    from portraitseg.records import SplitError
+    from portraitseg.params import ConfigError, load_section
     from trainer.export.calibration import CalibrationError
-    from trainer.export.pipeline import (
-        ExportError,
-        check_supported,
-        export_checkpoint,
-        load_export_params,
-        summary_line,
-    )
-    from trainer.data import SplitError
-    from trainer.train import CheckpointError
+    from trainer.export.pipeline import ExportConfig, ExportError, check_supported, export_checkpoint, summary_line
+    from trainer.checkpoint import CheckpointError
 
     try:
         check_supported(fmt, precision)
-        params = load_export_params(params_path if params_path.is_file() else None)
-    except ExportError as error:
+        config = load_section(params_path, "export", ExportConfig)
+    except (ExportError, ConfigError) as error:
         raise click.UsageError(str(error)) from error
     try:
-        result = export_checkpoint(checkpoint, fmt, precision, output, params, calibration, validation, size)
+        result = export_checkpoint(checkpoint, fmt, precision, output, split_dir, config, calibration, size)
     except (CheckpointError, CalibrationError, ExportError, SplitError, OSError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(summary_line(result))
     if result.failed and not allow_drop:
         raise click.ClickException(
-            f"{result.name} loses {result.report['iou_drop']:.4f} IoU (> export.max_iou_drop "
-            f"{params.max_iou_drop}); see {result.report_path}, or pass --allow-drop to keep it"
+            f"{result.name} loses {result.report['iou_drop']:.4f} IoU (> export.max_parity_iou_drop "
+            f"{config.max_parity_iou_drop}); see {result.report_path}, or pass --allow-drop to keep it"
         )

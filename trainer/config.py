@@ -1,29 +1,22 @@
 """The `train:` section of params.yaml as typed data.
 
 One frozen dataclass holds every training default with a one-line reason, in the spirit of
-nanoGPT's visible config block; `load_train_config` reads the section, applies `key=value`
-overrides from the command line and rejects unknown keys and wrong types, so a typo in
-params.yaml fails before the first epoch instead of being silently ignored.
+nanoGPT's visible config block; `portraitseg.params.load_section(path, "train", TrainConfig,
+overrides)` reads the section, applies `key=value` overrides from the command line and rejects
+unknown keys and wrong types, so a typo in params.yaml fails before the first epoch instead of
+being silently ignored. Paths (the split folder, the output folder) are not settings: they come
+from the command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from portraitseg.params import ConfigError
 from trainer.losses import LOSS_TERMS
 
 SCHEDULES = ("cosine", "plateau")
-
-
-class ConfigError(ValueError):
-    """A `train:` section or override that does not describe a valid run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +25,6 @@ class TrainConfig:
 
     model: str = "blazeseg"  # a name from trainer.models.list_models()
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to create_model
-    split_dir: str = "data/processed/split"  # folder with train.jsonl / val.jsonl (datatool split)
     size: int = 128  # square input side in px; BlazeSeg is designed for 128x128
     epochs: int = 30
     batch_size: int = 16
@@ -95,101 +87,3 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain types only: goes into checkpoints (loaded with weights_only=True) and config.json."""
         return dataclasses.asdict(self)
-
-
-
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _check_type(key: str, value: Any, expected: Any) -> Any:
-    """Return `value` converted to `expected` where that is lossless (int -> float), else raise."""
-    origin = typing.get_origin(expected)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"train.{key} must be a mapping, got {type(value).__name__} {value!r}")
-        _, value_type = typing.get_args(expected)
-        return {str(k): _check_type(f"{key}.{k}", v, value_type) for k, v in value.items()}
-    if origin is list:
-        if isinstance(value, str):  # `val_sources=people-dev` on the command line: a one-item list
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"train.{key} must be a list, got {type(value).__name__} {value!r}")
-        (item_type,) = typing.get_args(expected)
-        return [_check_type(f"{key}[{index}]", item, item_type) for index, item in enumerate(value)]
-    if expected is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"unsupported field type for train.{key}: {expected}")
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    # bool is an int subclass: `epochs: true` must not pass as 1.
-    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-        raise ConfigError(f"train.{key} must be {expected.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """`["epochs=2", "loss_weights.dice=0.5"]` -> nested dict; values are parsed as YAML scalars."""
-    parsed: dict[str, Any] = {}
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {override!r} is not key=value")
-        value = yaml.safe_load(raw) if raw else ""
-        target = parsed
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"override {override!r} conflicts with another override of {parent}")
-        target[leaf] = value
-    return parsed
-
-
-def build_train_config(section: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Validate a `train:` mapping (plus overrides) into a TrainConfig.
-
-    Keys the dataclass does not know are errors, except `students`, the list of models the
-    pipeline trains, which belongs to the pipeline rather than to one run.
-    """
-    merged: dict[str, Any] = {key: value for key, value in section.items() if key != "students"}
-    defaults = TrainConfig().to_dict()
-    for key, value in (overrides or {}).items():
-        # `loss_weights.dice=0.5` changes one weight and keeps the others (from params or defaults).
-        base = merged.get(key, defaults.get(key))
-        if isinstance(value, dict) and isinstance(base, dict):
-            merged[key] = {**base, **value}
-        else:
-            merged[key] = value
-    fields = _field_types()
-    unknown = sorted(set(merged) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown train key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
-    checked = {key: _check_type(key, value, fields[key]) for key, value in merged.items()}
-    return TrainConfig(**checked)
-
-
-def read_params_section(params_path: str | Path, name: str) -> dict[str, Any]:
-    """The `name:` section of a params YAML file ({} when absent); a file that cannot be read as a
-    YAML mapping, or a section that is not one, is a ConfigError naming the file."""
-    fix = "fix it or pass another --params"
-    try:
-        params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{params_path} is not valid YAML ({where}{error.problem}); {fix}") from error
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{params_path} cannot be read as YAML ({error}); {fix}") from error
-    if not isinstance(params, dict):
-        raise ConfigError(f"{params_path} holds a YAML {type(params).__name__}, not a mapping of sections; {fix}")
-    section = params.get(name) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{params_path}: {name} must be a mapping, got {type(section).__name__}")
-    return section
-
-
-def load_train_config(params_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read the `train:` section of a params.yaml; a missing section means all defaults."""
-    return build_train_config(read_params_section(params_path, "train"), parse_overrides(overrides))

@@ -36,11 +36,10 @@ probabilities. Edge bands go through the bilinear / area pipeline and are binari
 pixel under this output pixel" keeps it connected and at least one pixel wide.
 """
 
-import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -51,7 +50,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datatool.split import resolve
+from portraitseg.imagefiles import read_mask, read_rgb
+from portraitseg.records import SplitError, read_split, resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -156,62 +156,9 @@ def build_transforms(size: int, augment: bool) -> PairedTransforms:
     )
 
 
-class SplitError(ValueError):
-    """A split manifest that is not JSON lines of rows, or has no row to use; names the file (and line)."""
-
-
-SPLIT_ROW_FIELDS = ("id", "set", "image", "mask")  # what every reader of a split row needs (`resolve`)
-
-
-def read_split(split_dir: Path, split: str) -> list[dict[str, Any]]:
-    """The rows of `<split_dir>/<split>.jsonl`.
-
-    A missing manifest is a `FileNotFoundError`; one that is not UTF-8 JSON lines of rows with the
-    `SPLIT_ROW_FIELDS`, or has no row, is a `SplitError` naming the file (and line).
-    """
-    path = Path(split_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no split manifest {path} (run `datatool split` or `dvc repro split`)")
-    rows = []
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if line.strip():
-                    rows.append(parse_split_row(line, f"{path}:{number}"))
-    except UnicodeDecodeError as error:
-        raise SplitError(f"{path} is not UTF-8 text ({error.reason}); write it again with `datatool split`") from error
-    if not rows:
-        raise SplitError(f"split manifest {path} has no rows: nothing to train or evaluate on")
-    return rows
-
-
-def parse_split_row(line: str, where: str) -> dict[str, Any]:
-    """One manifest line as a row with the `SPLIT_ROW_FIELDS` as strings; `where` (file:line) names it in errors."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise SplitError(f"{where}: not a JSON row ({error.msg}); fix the line or re-run `datatool split`") from error
-    if not isinstance(row, dict):
-        raise SplitError(f"{where}: a row must be a JSON object, got {type(row).__name__}; re-run `datatool split`")
-    missing = [field for field in SPLIT_ROW_FIELDS if not isinstance(row.get(field), str)]
-    if missing:
-        raise SplitError(f"{where}: row lacks {', '.join(missing)} (or they are not strings); re-run `datatool split`")
-    return row
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; an unreadable file is an `OSError` naming it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f"cannot read image {path} (missing, truncated or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def read_gray(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) float32 in [0, 1] from a uint8 PNG (255 = person / band); must match the image's `shape`."""
-    values = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if values is None:
-        raise OSError(f"cannot read {path} (missing, truncated or not an image)")
+    values = read_mask(path)
     if values.shape != shape:
         raise ValueError(f"{path} is {values.shape[1]}x{values.shape[0]}, its image {shape[1]}x{shape[0]}")
     return values.astype(np.float32) / 255.0

@@ -40,11 +40,13 @@ import cv2
 import numpy as np
 import torch
 
-from datatool.progress import progress
-from datatool.split import resolve
-from datatool.teachers.resizing import resize_image, resize_probability
+from portraitseg.params import ConfigError
+from portraitseg.progress import progress
+from portraitseg.litert import open_tflite
+from portraitseg.records import resolve
+from portraitseg.scoring import person
+from portraitseg.resize import resize_image, resize_probability
 from trainer.complexity import count_macs, count_parameters
-from trainer.config import ConfigError, read_params_section
 from trainer.metrics import boundary_f_scores
 
 ARTEFACT_SUFFIXES = (".pt", ".onnx", ".tflite", ".engine")
@@ -62,7 +64,7 @@ class EvaluationError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """The `evaluate:` section of params.yaml."""
+    """The `evaluate:` section of params.yaml (`portraitseg.params.load_section`); the only place its defaults live."""
 
     set: str = "test"  # which manifest of the split: test.jsonl
     boundary_width: int = 2  # px tolerance of the boundary F-score (DAVIS-style band)
@@ -72,46 +74,16 @@ class EvaluateConfig:
     max_images: int = 0  # 0 = every image of the set
     reference: str = "mediapipe-selfie"  # teacher evaluated beside the students; "" = none
     overlay_images: int = 6  # rows of reports/overlays.png
-    max_iou_drop: float = 0.01  # the speed ratio uses the fastest artefact within this IoU of the model's best
+    latency_ratio_iou_window: float = 0.01  # the latency ratio takes the best student's fastest artefact
+    # whose IoU is within this of that student's best
 
     def __post_init__(self) -> None:
         for name in ("threads", "repeats"):
             if getattr(self, name) < 1:
-                raise EvaluationError(f"evaluate.{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"evaluate.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("boundary_width", "warmup", "max_images", "overlay_images"):
             if getattr(self, name) < 0:
-                raise EvaluationError(f"evaluate.{name} must not be negative, got {getattr(self, name)}")
-
-
-def build_evaluate_config(section: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> EvaluateConfig:
-    """Validate an `evaluate:` mapping plus overrides (None values = not given); unknown keys are errors."""
-    merged = {**section, **{key: value for key, value in (overrides or {}).items() if value is not None}}
-    fields = {field.name: field.type for field in dataclasses.fields(EvaluateConfig)}
-    unknown = sorted(set(merged) - set(fields))
-    if unknown:
-        raise EvaluationError(f"unknown evaluate key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
-    checked = {}
-    for key, value in merged.items():
-        expected = {"int": int, "float": float, "str": str}[fields[key]]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if value is None and expected is str:
-            value = ""
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise EvaluationError(f"evaluate.{key} must be {expected.__name__}, got {type(value).__name__} {value!r}")
-        checked[key] = value
-    return EvaluateConfig(**checked)
-
-
-def load_evaluate_config(params_path: Path | None, overrides: Mapping[str, Any] | None = None) -> EvaluateConfig:
-    """The `evaluate:` section of `params_path` (all defaults when the file or section is absent)."""
-    section: Any = {}
-    if params_path is not None:
-        try:
-            section = read_params_section(params_path, "evaluate")
-        except ConfigError as error:
-            raise EvaluationError(str(error)) from error
-    return build_evaluate_config(section, overrides)
+                raise ConfigError(f"evaluate.{name} must not be negative, got {getattr(self, name)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,9 +144,8 @@ class QualityMetrics:
     masks at each image's own resolution (images of different sizes cannot share a batch).
     """
 
-    def __init__(self, boundary_width: int = 2, threshold: float = 0.5):
+    def __init__(self, boundary_width: int = 2):
         self.boundary_width = boundary_width
-        self.threshold = threshold
         self.sums = dict.fromkeys(
             ("person_inter", "person_union", "background_inter", "background_union", "correct", "pixels", "abs_error",
              "boundary_f", "images"),
@@ -185,8 +156,7 @@ class QualityMetrics:
         """One image: probability (H, W) float in [0, 1]; mask (H, W) uint8, 255 = person (soft values allowed)."""
         if probability.shape != mask.shape:
             raise ValueError(f"prediction {probability.shape} and mask {mask.shape} differ in size")
-        predicted = probability > self.threshold
-        truth = mask >= 128
+        predicted, truth = person(probability), person(mask)  # one rule: portraitseg.scoring
         sums = self.sums
         sums["person_inter"] += float(np.count_nonzero(predicted & truth))
         sums["person_union"] += float(np.count_nonzero(predicted | truth))
@@ -322,7 +292,7 @@ def open_artefact(path: Path, threads: int, size_cache: dict[Path, tuple[int, in
 
 def complexity_of(checkpoint: Path, size: int, cache: dict[Path, tuple[int, int]]) -> tuple[int | None, int | None]:
     """(parameters, MACs at size) of a checkpoint's model; (None, None) when it cannot be rebuilt."""
-    from trainer.train import CheckpointError, load_model
+    from trainer.checkpoint import CheckpointError, load_model
 
     key = (checkpoint.resolve(), size)
     if key not in cache:
@@ -365,10 +335,7 @@ def open_reference(spec: str, threads: int, model_cache: Path | None) -> Candida
 
 def litert_timer(model_file: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """A batch-1 call of the MediaPipe model on a (1, 256, 256, 3) uint8 image, with `threads` threads."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model_file), num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = open_tflite(model_file, threads)
     input_index = interpreter.get_input_details()[0]["index"]
     output_index = interpreter.get_output_details()[0]["index"]
 
@@ -399,7 +366,7 @@ def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str,
     manifest = Path(split_dir) / f"{set_name}.jsonl"
     if not manifest.is_file():
         raise EvaluationError(f"no {manifest}; run `datatool split` (or `dvc repro split`) or pass --split DIR")
-    from trainer.data import SplitError, read_split  # albumentations and all: imported only when needed
+    from portraitseg.records import SplitError, read_split
 
     try:
         rows = read_split(split_dir, set_name)
@@ -410,7 +377,7 @@ def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str,
 
 def read_sample(split_dir: Path, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 RGB photo and its (H, W) uint8 mask, errors naming the file."""
-    from trainer.data import read_rgb
+    from portraitseg.imagefiles import read_rgb
 
     try:
         image = read_rgb(resolve(split_dir, row, "image"))
@@ -504,7 +471,7 @@ def evaluate(
         set_name=config.set,
         threads=config.threads,
         overlay=overlay,
-        speed=speed_comparison(results, config.max_iou_drop),
+        speed=speed_comparison(results, config.latency_ratio_iou_window),
         not_verified=not_verified,
     )
 
@@ -522,15 +489,15 @@ def file_megabytes(path: Path) -> float | None:
     return os.path.getsize(path) / 1e6 if Path(path).is_file() else None
 
 
-def speed_comparison(results: list[dict[str, Any]], max_iou_drop: float) -> dict[str, Any] | None:
+def speed_comparison(results: list[dict[str, Any]], iou_window: float) -> dict[str, Any] | None:
     """The best student (highest IoU of any of its artefacts) and its fastest artefact that keeps
-    its IoU within `max_iou_drop` of that best, against the reference; None without a reference."""
+    its IoU within `iou_window` of that best, against the reference; None without a reference."""
     reference = next((result for result in results if result["reference"]), None)
     students = [result for result in results if not result["reference"]]
     if reference is None or not students:
         return None
     best_model = max(students, key=lambda result: result["iou"])
-    eligible = [r for r in students if r["model"] == best_model["model"] and r["iou"] >= best_model["iou"] - max_iou_drop]
+    eligible = [r for r in students if r["model"] == best_model["model"] and r["iou"] >= best_model["iou"] - iou_window]
     fastest = min(eligible, key=lambda result: result["latency_ms"])
     return {
         "student": f"{fastest['model']}/{fastest['backend']}",

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.train import METRICS_FILE
+from trainer.checkpoint import METRICS_FILE
 
 COLUMNS = (
     ("Model", "model", "{}"),

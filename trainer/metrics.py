@@ -21,11 +21,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from portraitseg.scoring import PERSON_THRESHOLD
+
 SUMS = ("intersection", "union", "predicted", "target", "boundary_f", "images")
 
 
 class SegmentationMetrics:
-    def __init__(self, threshold: float = 0.5, boundary_tolerance: int = 2):
+    def __init__(self, threshold: float = PERSON_THRESHOLD, boundary_tolerance: int = 2):
         self.threshold = threshold
         self.boundary_tolerance = boundary_tolerance
         self.sums = torch.zeros(len(SUMS), dtype=torch.float64)
@@ -36,8 +38,8 @@ class SegmentationMetrics:
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Add a batch: logits (N, 1, H, W); target (N, 1, H, W) in [0, 1], person where >= 0.5."""
-        predicted = torch.sigmoid(logits.float()) > self.threshold  # (N, 1, H, W) bool
-        truth = target >= 0.5
+        predicted = torch.sigmoid(logits.float()) >= self.threshold  # (N, 1, H, W) bool: the rule of portraitseg.scoring
+        truth = target >= PERSON_THRESHOLD
         intersection = (predicted & truth).sum()
         union = (predicted | truth).sum()
         f_scores = boundary_f_scores(predicted, truth, self.boundary_tolerance)  # (N,)

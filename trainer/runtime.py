@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from portraitseg.litert import TfliteFileError, open_tflite
+from trainer.export import PRECISION_KEY
+
 BACKEND_BY_SUFFIX = {".pt": "pytorch", ".onnx": "onnxruntime", ".tflite": "litert", ".engine": "tensorrt"}
-# ONNX metadata_props keys the exporter writes (ONNX Runtime reads them back as custom metadata).
-PRECISION_KEY = "portraitseg.precision"
 
 
 class RunnerError(RuntimeError):
@@ -72,7 +73,7 @@ class PyTorchRunner(Runner):
         import torch
 
         from trainer.export.graph import build_inference_graph
-        from trainer.train import CheckpointError, load_model
+        from trainer.checkpoint import CheckpointError, load_model
 
         try:
             model, state = load_model(path)
@@ -116,15 +117,10 @@ class LiteRTRunner(Runner):
     backend = "litert"
 
     def __init__(self, path: Path, threads: int):
-        from ai_edge_litert.interpreter import Interpreter
-
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            raise RunnerError(
-                f"{path} is not a readable TFLite model ({error}); export it again with `trainer export`"
-            ) from error
+            self.interpreter = open_tflite(path, threads)
+        except TfliteFileError as error:
+            raise RunnerError(f"{error}; export it again with `trainer export`") from error
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         super().__init__(path, tflite_precision(self.interpreter), static_side(path, self.input["shape"]))

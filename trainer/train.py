@@ -1,24 +1,16 @@
 """Train one student model on the split manifests; read it top to bottom.
 
-    fit(config, output_dir)
+    fit(config, split_dir, output_dir)
       ├─ seed everything, pick the device, join the process group under torchrun
       ├─ datasets + loaders (DistributedSampler: a seeded order per epoch, one shard per rank)
-      ├─ model (create_model), AdamW, cosine-with-warm-up or plateau schedule, GradScaler
+      ├─ model (create_model, init_weights), AdamW, cosine-with-warm-up or plateau schedule,
+      │  GradScaler, weight average (EMA)
       ├─ resume from last.pt (optional)
-      └─ for each epoch: train_one_epoch -> evaluate -> log (dvclive) -> last.pt / best.pt
+      └─ for each epoch: train_one_epoch -> validate -> log (dvclive) -> last.pt / best.pt
 
-Layout after a run (`output_dir`, e.g. models/blazeseg/):
-
-    config.json   the resolved TrainConfig of the run
-    last.pt       the state after the latest finished epoch (what --resume continues from)
-    best.pt       the state at the best validation IoU
-    metrics.json  final summary DVC reads (val_iou, val_dice, val_boundary_f, params, ...)
-    live/         dvclive per-epoch metrics and plots (live/plots/metrics/**.tsv)
-
-Checkpoints hold only plain types and tensors (state_dicts, the config as a dict), never a
-pickled model, so they load with `torch.load(weights_only=True)`; the model is rebuilt from
-the registry by name and options. Every epoch re-seeds from (seed, epoch), which makes a
-resumed run follow the same data order, augmentation and dropout as an uninterrupted one.
+The run folder and the checkpoint format are `trainer.checkpoint`'s. Every epoch re-seeds from
+(seed, epoch), which makes a resumed run follow the same data order, augmentation and dropout
+as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,7 +22,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,37 +34,28 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from portraitseg.records import SplitError
+from trainer.checkpoint import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    LIVE_DIR,
+    METRICS_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_init_weights,
+    restore_model,
+    save_checkpoint,
+)
+from trainer.complexity import count_parameters
 from trainer.config import TrainConfig
-from trainer.data import SegmentationDataset, SplitError, estimate_pos_weight
+from trainer.data import SegmentationDataset, estimate_pos_weight
 from trainer.losses import SegmentationLoss
 from trainer.metrics import SegmentationMetrics
-from trainer.models import ModelError, create_model
+from trainer.models import create_model
 
-CHECKPOINT_FORMAT = "portraitseg-train/1"
-CHECKPOINT_KEYS = (
-    "format",
-    "model_name",
-    "model_options",
-    "model",
-    "optimizer",
-    "scheduler",
-    "scaler",
-    "epoch",
-    "best_iou",
-    "best_epoch",
-    "pos_weight",
-    "config",
-    "history",
-)
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
-CHECKPOINT_HINT = "pass a best.pt or last.pt written by `trainer train`"
 RESUME_HINT = "train without --resume to start over (that rewrites last.pt)"
-LIVE_DIR = "live"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not belong to the model being trained."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,14 +124,14 @@ def first_samples(dataset: Dataset, limit: int, seed: int) -> Dataset:
     return Subset(dataset, sorted(order[:limit].tolist()))
 
 
-def build_datasets(config: TrainConfig, quiet: bool = False) -> tuple[Dataset, Dataset]:
-    """Train (augmented, with what the weighted loss terms need) and val (resize only) sets.
+def build_datasets(config: TrainConfig, split_dir: str | Path, quiet: bool = False) -> tuple[Dataset, Dataset]:
+    """Train (augmented, with what the weighted loss terms need) and val (resize only) sets of `split_dir`.
 
     Rows whose files are missing are left out and listed on stderr (unless `quiet`); a set left
     with no rows is a `SplitError` naming its manifest.
     """
     train_set = SegmentationDataset(
-        config.split_dir,
+        split_dir,
         "train",
         config.size,
         augment=config.augment,
@@ -158,7 +141,7 @@ def build_datasets(config: TrainConfig, quiet: bool = False) -> tuple[Dataset, D
         copy_paste=config.copy_paste if config.augment else 0.0,
     )
     val_set = SegmentationDataset(
-        config.split_dir, "val", config.size, augment=False, with_edges=True, sources=config.val_sources
+        split_dir, "val", config.size, augment=False, with_edges=True, sources=config.val_sources
     )
     if len(train_set) == 0 or len(val_set) == 0:
         sources = f" of sources {', '.join(config.val_sources)}" if config.val_sources else ""
@@ -169,7 +152,7 @@ def build_datasets(config: TrainConfig, quiet: bool = False) -> tuple[Dataset, D
             if len(dataset) == 0 and dataset.missing
         )
         found = f"found {len(train_set)} and {len(val_set)}"
-        raise SplitError(f"{config.split_dir}: need train and val samples{sources}, {found}{missing}")
+        raise SplitError(f"{split_dir}: need train and val samples{sources}, {found}{missing}")
     for dataset in (train_set, val_set):
         if dataset.missing and not quiet:
             print(dataset.missing_summary(), file=sys.stderr, flush=True)
@@ -196,9 +179,10 @@ def build_loaders(
     return train_loader, val_loader, sampler
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Scheduler:
     """Cosine: per-step linear warm-up then cosine to min_lr. Plateau: per-epoch on val IoU."""
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -318,7 +302,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
@@ -339,7 +323,43 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
+# The model, its optimizer and its weight average
+
+
+def initialise(model: nn.Module, config: TrainConfig, announce: bool) -> set[str]:
+    """Load train.init_weights (when set) into `model`; returns the names of the parameters it set."""
+    if not config.init_weights:
+        return set()
+    initialised = load_init_weights(model, config.init_weights, config.model, config.model_options)
+    if initialised and announce:
+        print(f"init_weights: {len(initialised)} parameter tensors of {config.model} from {config.init_weights}", flush=True)
+    return initialised
+
+
+def prepare_for_training(
+    model: nn.Module, device: torch.device, channels_last: bool, context: DistributedContext
+) -> nn.Module:
+    """Move `model` to `device`; returns it in a TrainingForward (inside DistributedDataParallel under torchrun)."""
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    training_model: nn.Module = TrainingForward(model)
+    if context.enabled:
+        # Aux heads used only in training are still part of every forward, so no unused parameters.
+        training_model = nn.parallel.DistributedDataParallel(
+            training_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return training_model
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, initialised: set[str]) -> torch.optim.AdamW:
+    """AdamW; parameters loaded from init_weights learn at lr * init_lr_scale, the rest at lr."""
+    pretrained = [parameter for key, parameter in model.named_parameters() if key in initialised]
+    fresh = [parameter for key, parameter in model.named_parameters() if key not in initialised]
+    groups = [{"params": fresh, "lr": config.lr}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr": config.lr * config.init_lr_scale})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -357,122 +377,105 @@ def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch
     return update
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file and rename: a run killed mid-save leaves the old file intact."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+def train_pos_weight(config: TrainConfig, split_dir: str | Path) -> float:
+    """train.pos_weight, or (when it is 0 or less) the one estimated over the train samples of `split_dir`."""
+    if config.pos_weight > 0:
+        return config.pos_weight
+    # Over the un-augmented train samples: padding and warps would change the balance.
+    plain_train = SegmentationDataset(split_dir, "train", config.size, augment=False, with_edges=False)
+    return float(estimate_pos_weight(first_samples(plain_train, config.max_train_samples, config.seed)))
 
 
-def read_weights(path: Path, what: str, hint: str, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(path, weights_only=True)`; any failure is a CheckpointError "`what` (reason); `hint`".
-
-    Every checkpoint and weights file goes through here. torch's own message advises loading
-    with weights_only=False (unsafe for a file of unknown origin) and filing an issue; only its
-    reason is kept.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # a damaged or foreign file can make the unpickler raise almost anything
-        text = str(error)
-        _, marker, reason = text.partition("WeightsUnpickler error:")
-        first_line = next((line.strip() for line in (reason if marker else text).splitlines() if line.strip()), "")
-        raise CheckpointError(
-            f"{what} (torch.load could not read it: {first_line or type(error).__name__}); {hint}"
-        ) from error
+# ---------------------------------------------------------------------------------------------
+# What a run has done: saved after every epoch, restored by --resume
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", hint: str = CHECKPOINT_HINT
+@dataclass
+class RunProgress:
+    """The finished epochs of a run, its best validation IoU, and the BCE positive weight it trains with."""
+
+    pos_weight: float
+    epoch: int = 0  # finished epochs
+    best_iou: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, epoch: int, lr: float, train_parts: dict[str, float], val_metrics: dict[str, float]) -> bool:
+        """Add finished epoch `epoch` (1-based); True when its validation IoU is the best so far."""
+        is_best = val_metrics["iou"] > self.best_iou
+        if is_best:
+            self.best_iou, self.best_epoch = val_metrics["iou"], epoch
+        self.epoch = epoch
+        self.history.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                **{f"train_{name}": value for name, value in train_parts.items()},
+                **{f"val_{name}": value for name, value in val_metrics.items()},
+            }
+        )
+        return is_best
+
+
+def checkpoint_of(
+    config: TrainConfig,
+    progress: RunProgress,
+    model: nn.Module,
+    ema: AveragedModel | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler,
+    scaler: torch.amp.GradScaler,
 ) -> dict[str, Any]:
-    """Read a checkpoint written by `fit`; a missing, damaged or foreign file is a CheckpointError ending in `hint`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; {hint}")
-    state = read_weights(path, f"{path} is not a readable checkpoint", hint, map_location)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a portraitseg training checkpoint (expected format {CHECKPOINT_FORMAT}); {hint}"
-        )
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}, so trainer.train.fit did not write it; {hint}")
-    return state
+    """The run as it stands, as `save_checkpoint` writes it; `resume_from` reads it back."""
+    return Checkpoint(
+        model_name=config.model,
+        model_options=dict(config.model_options),
+        model=(ema.module if ema is not None else model).state_dict(),
+        training_model=model.state_dict() if ema is not None else None,
+        ema_steps=int(ema.n_averaged) if ema is not None else None,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict(),
+        epoch=progress.epoch,
+        best_iou=progress.best_iou,
+        best_epoch=progress.best_epoch,
+        pos_weight=progress.pos_weight,
+        config=config.to_dict(),
+        history=progress.history,
+    ).to_dict()
 
 
-def restore_model(model: nn.Module, state: dict[str, Any], path: Path, name: str, options: dict[str, Any]) -> None:
-    """Load the weights of `state` into `model`, refusing a checkpoint of another model."""
-    if state["model_name"] != name or state["model_options"] != options:
-        raise CheckpointError(
-            f"{path} holds {state['model_name']} {state['model_options']}, "
-            f"but this run trains {name} {options}; use another output folder or the same model"
-        )
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:  # missing/unexpected keys or shape mismatches
-        raise CheckpointError(f"{path} does not fit {name}: {error}") from error
-
-
-def load_init_weights(model: nn.Module, path: str | Path, name: str, options: dict[str, Any]) -> set[str]:
-    """Copy the tensors of an init file into `model`; returns the names of the parameters it set.
-
-    An init file is either `trainer import-encoder`'s output ({"state_dict", "model",
-    "model_options", ...}: part of a model) or a training checkpoint (fine-tuning a previous run).
-    Every tensor it holds must exist in `model` with the same shape: a silent partial load would
-    train from scratch while claiming to start from pretrained weights.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"train.init_weights: no file at {path} (make one with `trainer import-encoder`)")
-    saved = read_weights(
-        path,
-        f"train.init_weights: {path} is not a readable weights file",
-        "pass a `trainer import-encoder` output or a best.pt written by `trainer train`",
+def resume_from(
+    path: Path,
+    config: TrainConfig,
+    device: torch.device,
+    model: nn.Module,
+    ema: AveragedModel | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler,
+    scaler: torch.amp.GradScaler,
+) -> RunProgress:
+    """Load what `checkpoint_of` saved in `path` into the run's objects; returns the run's progress."""
+    state = load_checkpoint(path, map_location=device, hint=RESUME_HINT)
+    restore_model(model, state, path, config.model, config.model_options)
+    if ema is not None:
+        if "training_model" not in state:
+            raise CheckpointError(f"{path} was trained without train.ema_decay; resume with the same setting")
+        ema.module.load_state_dict(state["model"])
+        ema.n_averaged.fill_(state["ema_steps"])
+        model.load_state_dict(state["training_model"])
+    elif "training_model" in state:  # its "model" is the average, not the weights to continue
+        raise CheckpointError(f"{path} was trained with train.ema_decay; resume with the same setting")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return RunProgress(
+        pos_weight=state["pos_weight"],
+        epoch=state["epoch"],
+        best_iou=state["best_iou"],
+        best_epoch=state["best_epoch"],
+        history=list(state["history"]),
     )
-    if isinstance(saved, dict) and saved.get("format") == CHECKPOINT_FORMAT:
-        saved = {"state_dict": saved["model"], "model": saved["model_name"], "model_options": saved["model_options"]}
-    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
-        raise CheckpointError(f"train.init_weights: {path} holds no state_dict (expected `trainer import-encoder` output or a checkpoint)")
-    if saved.get("model") != name or saved.get("model_options") != options:
-        raise CheckpointError(
-            f"train.init_weights: {path} was made for {saved.get('model')} {saved.get('model_options')}, "
-            f"but this run trains {name} {options}; set train.model and train.model_options to match"
-        )
-    own = model.state_dict()
-    unknown = sorted(key for key in saved["state_dict"] if key not in own)
-    reshaped = sorted(key for key, value in saved["state_dict"].items() if key in own and own[key].shape != value.shape)
-    if unknown or reshaped:
-        raise CheckpointError(
-            f"train.init_weights: {path} does not fit {name}: {len(unknown)} unknown tensors "
-            f"{unknown[:3]}, {len(reshaped)} of another shape {reshaped[:3]}"
-        )
-    model.load_state_dict(saved["state_dict"], strict=False)
-    return {key for key, _ in model.named_parameters() if key in saved["state_dict"]}
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig, initialised: set[str]) -> torch.optim.AdamW:
-    """AdamW; parameters loaded from init_weights learn at lr * init_lr_scale, the rest at lr."""
-    pretrained = [parameter for key, parameter in model.named_parameters() if key in initialised]
-    fresh = [parameter for key, parameter in model.named_parameters() if key not in initialised]
-    groups = [{"params": fresh, "lr": config.lr}]
-    if pretrained:
-        groups.append({"params": pretrained, "lr": config.lr * config.init_lr_scale})
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the trained model of a checkpoint (by registry name and options) in eval mode."""
-    state = load_checkpoint(path, map_location)
-    try:
-        model = create_model(state["model_name"], **state["model_options"])
-    except ModelError as error:
-        raise CheckpointError(f"{path} names a model this trainer cannot build ({error}); {CHECKPOINT_HINT}") from error
-    restore_model(model, state, Path(path), state["model_name"], state["model_options"])
-    return model.eval(), state
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,14 +501,6 @@ def open_live(output_dir: Path, resume: bool, start_epoch: int, enabled: bool) -
         live.end()
 
 
-def average_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """The mean of each value over all ranks (each rank saw its own shard of the train set)."""
-    names = sorted(values)
-    stacked = torch.tensor([values[name] for name in names], dtype=torch.float64, device=device)
-    dist.all_reduce(stacked)
-    return {name: float(total) / dist.get_world_size() for name, total in zip(names, stacked.tolist())}
-
-
 def trim_live_plots(live_dir: Path, steps: int) -> None:
     """Keep only the rows of steps [0, steps) in dvclive's per-metric .tsv files."""
     for table in (live_dir / "plots" / "metrics").rglob("*.tsv"):
@@ -515,10 +510,45 @@ def trim_live_plots(live_dir: Path, steps: int) -> None:
         table.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
 
 
+def log_epoch(live: Any, train_parts: dict[str, float], val_metrics: dict[str, float], lr: float) -> None:
+    """One dvclive step: train/<part>, val/<metric> and lr."""
+    for name, value in train_parts.items():
+        live.log_metric(f"train/{name}", value)
+    for name, value in val_metrics.items():
+        live.log_metric(f"val/{name}", value)
+    live.log_metric("lr", lr)
+    live.next_step()
+
+
+def average_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each value over all ranks (each rank saw its own shard of the train set)."""
+    names = sorted(values)
+    stacked = torch.tensor([values[name] for name in names], dtype=torch.float64, device=device)
+    dist.all_reduce(stacked)
+    return {name: float(total) / dist.get_world_size() for name, total in zip(names, stacked.tolist())}
+
+
+def share_rank_zero_buffers(model: nn.Module) -> None:
+    """DDP syncs BatchNorm running stats from rank 0 before each forward, so after the last one
+    every rank holds its own; take rank 0's so that all ranks evaluate one model."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
 def fit(
-    config: TrainConfig, output_dir: str | Path, *, resume: bool = False, show_progress: bool = True
+    config: TrainConfig,
+    split_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train `config.model` into `output_dir`; returns the final metrics (also in metrics.json)."""
+    """Train `config.model` on the `split_dir` manifests into `output_dir`; returns the final metrics
+    (also in metrics.json)."""
     output_dir = Path(output_dir)
     context = init_distributed(config.device)
     device = pick_device(config.device, context)
@@ -527,145 +557,67 @@ def fit(
     show_progress = show_progress and context.is_main
     seed_everything(config.seed)
 
-    train_set, val_set = build_datasets(config, quiet=not context.is_main)
+    train_set, val_set = build_datasets(config, split_dir, quiet=not context.is_main)
     train_loader, val_loader, sampler = build_loaders(config, train_set, val_set, context, device)
 
     model = create_model(config.model, **config.model_options)
-    n_parameters = count_parameters(model)
     # Before --resume's restore (which overwrites every weight), so that the optimizer's parameter
     # groups are the same in a resumed run as in the run that saved it.
-    initialised = (
-        load_init_weights(model, config.init_weights, config.model, config.model_options) if config.init_weights else set()
-    )
-    if initialised and context.is_main and not resume:
-        print(f"init_weights: {len(initialised)} parameter tensors of {config.model} from {config.init_weights}", flush=True)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    training_model: nn.Module = TrainingForward(model)
-    if context.enabled:
-        # Aux heads used only in training are still part of every forward, so no unused parameters.
-        training_model = nn.parallel.DistributedDataParallel(
-            training_model, device_ids=[device.index] if on_cuda else None
-        )
-
+    initialised = initialise(model, config, announce=context.is_main and not resume)
+    training_model = prepare_for_training(model, device, channels_last, context)
     optimizer = build_optimizer(model, config, initialised)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=len(train_loader))
     per_batch_scheduler = None if config.schedule == "plateau" else scheduler
     # float16 autocast needs loss scaling; bfloat16 and float32 do not (the scaler is then a no-op).
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
-
     # The weight average (EMA) is what is validated and saved as "model"; the raw weights that
     # keep training go to "training_model" so that --resume continues both.
     ema = AveragedModel(model, avg_fn=ema_with_warmup(config.ema_decay), use_buffers=True) if config.ema_decay > 0 else None
-    evaluated_model = ema.module if ema is not None else model
+    validated_model = ema.module if ema is not None else model
 
-    start_epoch, best_iou, best_epoch, history = 0, -1.0, -1, []
-    pos_weight = config.pos_weight
-    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
+    last_path, best_path = output_dir / LAST_CHECKPOINT, output_dir / BEST_CHECKPOINT
     if resume:
-        state = load_checkpoint(last_path, map_location=device, hint=RESUME_HINT)
-        restore_model(model, state, last_path, config.model, config.model_options)
-        if ema is not None:
-            if "training_model" not in state:
-                raise CheckpointError(f"{last_path} was trained without train.ema_decay; resume with the same setting")
-            ema.module.load_state_dict(state["model"])
-            ema.n_averaged.fill_(state["ema_steps"])
-            model.load_state_dict(state["training_model"])
-        elif "training_model" in state:  # its "model" is the average, not the weights to continue
-            raise CheckpointError(f"{last_path} was trained with train.ema_decay; resume with the same setting")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_iou, best_epoch = state["epoch"], state["best_iou"], state["best_epoch"]
-        history, pos_weight = list(state["history"]), state["pos_weight"]
-    elif pos_weight <= 0:
-        # Over the un-augmented train samples: padding and warps would change the balance.
-        plain_train = SegmentationDataset(config.split_dir, "train", config.size, augment=False, with_edges=False)
-        pos_weight = float(estimate_pos_weight(first_samples(plain_train, config.max_train_samples, config.seed)))
-    loss_fn = SegmentationLoss(dict(config.loss_weights), pos_weight=pos_weight)
-
+        progress = resume_from(last_path, config, device, model, ema, optimizer, scheduler, scaler)
+    else:
+        progress = RunProgress(pos_weight=train_pos_weight(config, split_dir))
+    loss_fn = SegmentationLoss(dict(config.loss_weights), pos_weight=progress.pos_weight)
     if context.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_json(output_dir / CONFIG_FILE, config.to_dict())
 
-    with open_live(output_dir, resume, start_epoch, context.is_main) as live:
-        for epoch in range(start_epoch, config.epochs):
+    with open_live(output_dir, resume, progress.epoch, context.is_main) as live:
+        for epoch in range(progress.epoch, config.epochs):
             # The dataset draws each item's augmentation seed from torch's generator (DataLoader
             # workers are seeded from it too), so this fixes the epoch's augmentation and dropout.
             seed_everything(epoch_seed(config.seed, epoch, context.rank))
             sampler.set_epoch(epoch)
             train_parts = train_one_epoch(
-                training_model,
-                train_loader,
-                loss_fn,
-                optimizer,
-                per_batch_scheduler,
-                scaler,
-                device,
-                amp=amp,
-                channels_last=channels_last,
-                grad_clip=config.grad_clip,
+                training_model, train_loader, loss_fn, optimizer, per_batch_scheduler, scaler, device,
+                amp=amp, channels_last=channels_last, grad_clip=config.grad_clip,
                 after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
-                description=f"epoch {epoch + 1}/{config.epochs}",
-                show_progress=show_progress,
+                description=f"epoch {epoch + 1}/{config.epochs}", show_progress=show_progress,
             )
             if context.enabled:
                 train_parts = average_over_ranks(train_parts, device)
-                # DDP syncs BatchNorm running stats from rank 0 before each forward, so after the
-                # last one every rank holds its own; take rank 0's so all ranks evaluate one model.
-                for buffer in model.buffers():
-                    dist.broadcast(buffer, src=0)
+                share_rank_zero_buffers(model)
             # Every rank evaluates the whole (small) val set: identical numbers, no reduction needed.
-            val_metrics = evaluate(
-                evaluated_model, val_loader, device, amp=amp, channels_last=channels_last, show_progress=show_progress
+            val_metrics = validate(
+                validated_model, val_loader, device, amp=amp, channels_last=channels_last, show_progress=show_progress
             )
             if config.schedule == "plateau":
                 scheduler.step(val_metrics["iou"])
-            is_best = val_metrics["iou"] > best_iou
-            if is_best:
-                best_iou, best_epoch = val_metrics["iou"], epoch + 1
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    **{f"train_{name}": value for name, value in train_parts.items()},
-                    **{f"val_{name}": value for name, value in val_metrics.items()},
-                }
-            )
-            if not context.is_main:
-                continue
+            lr = optimizer.param_groups[0]["lr"]
+            is_best = progress.record(epoch + 1, lr, train_parts, val_metrics)
+            if context.is_main:
+                log_epoch(live, train_parts, val_metrics, lr)
+                state = checkpoint_of(config, progress, model, ema, optimizer, scheduler, scaler)
+                save_checkpoint(state, last_path)
+                if is_best:
+                    save_checkpoint(state, best_path)
 
-            for name, value in train_parts.items():
-                live.log_metric(f"train/{name}", value)
-            for name, value in val_metrics.items():
-                live.log_metric(f"val/{name}", value)
-            live.log_metric("lr", optimizer.param_groups[0]["lr"])
-            live.next_step()
-
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "model_name": config.model,
-                "model_options": dict(config.model_options),
-                "model": evaluated_model.state_dict(),
-                **({"training_model": model.state_dict(), "ema_steps": int(ema.n_averaged)} if ema is not None else {}),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "best_iou": best_iou,
-                "best_epoch": best_epoch,
-                "pos_weight": pos_weight,
-                "config": config.to_dict(),
-                "history": history,
-            }
-            save_checkpoint(state, last_path)
-            if is_best:
-                save_checkpoint(state, best_path)
-
-    summary = summarise(history, best_epoch, config, n_parameters)
+    summary = summarise(progress.history, progress.best_epoch, config, count_parameters(model))
     if context.is_main:
-        (output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(output_dir / METRICS_FILE, summary)
     if context.enabled:
         dist.barrier()
         dist.destroy_process_group()

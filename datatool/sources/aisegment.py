@@ -26,7 +26,8 @@ import numpy as np
 from datatool.masks import PNG_SIGNATURE, Mask, MaskError, normalise_gray
 from datatool.report import Report
 from datatool.sources import register
-from datatool.sources.base import IMAGE_SUFFIXES, MASK_SUFFIXES, Record, Source, index_by_stem, walk_files
+from datatool.sources.base import Record, Source, index_by_stem, walk_files
+from portraitseg.imagefiles import IMAGE_SUFFIXES, MASK_SUFFIXES
 
 IMAGE_DIR = "clip_img"
 MATTE_DIR = "matting"

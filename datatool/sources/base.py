@@ -25,9 +25,6 @@ from datatool.images import file_type
 from datatool.masks import Mask, decode_mask_file
 from datatool.report import Report
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif"})
-MASK_SUFFIXES = frozenset({".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".webp"})
-
 
 class LayoutError(Exception):
     """The input is not this source at all (missing, empty or another layout); says what was expected."""

@@ -12,7 +12,8 @@ from typing import Any
 
 from datatool.report import Report
 from datatool.sources import register
-from datatool.sources.base import IMAGE_SUFFIXES, MASK_SUFFIXES, Record, Source, index_by_stem, walk_files
+from datatool.sources.base import Record, Source, index_by_stem, walk_files
+from portraitseg.imagefiles import IMAGE_SUFFIXES, MASK_SUFFIXES
 
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "training_images", "jpegimages", "photos", "input", "inputs")
 MASK_DIR_NAMES = (

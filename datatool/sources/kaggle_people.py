@@ -19,15 +19,8 @@ from pathlib import Path
 
 from datatool.report import Report, printable
 from datatool.sources import register
-from datatool.sources.base import (
-    IMAGE_SUFFIXES,
-    MASK_SUFFIXES,
-    Record,
-    Source,
-    index_by_stem,
-    is_junk,
-    walk_files,
-)
+from datatool.sources.base import Record, Source, index_by_stem, is_junk, walk_files
+from portraitseg.imagefiles import IMAGE_SUFFIXES, MASK_SUFFIXES
 
 DATASET_DIR = "people_segmentation"
 IMAGE_DIR = "images"

@@ -17,7 +17,8 @@ from scipy.io.matlab import MatReadError
 from datatool.masks import Mask, MaskError, normalise_gray
 from datatool.report import Report
 from datatool.sources import register
-from datatool.sources.base import IMAGE_SUFFIXES, Record, Source, index_by_stem, walk_files
+from datatool.sources.base import Record, Source, index_by_stem, walk_files
+from portraitseg.imagefiles import IMAGE_SUFFIXES
 
 MASK_DIR = "images_mask"
 IMAGE_DIR = "images_data_crop"

@@ -29,7 +29,8 @@ from PIL import Image
 from datatool.masks import PNG_SIGNATURE, Mask, MaskError
 from datatool.report import Report
 from datatool.sources import register
-from datatool.sources.base import IMAGE_SUFFIXES, Record, Source, is_junk, unusable_entry, walk_files
+from datatool.sources.base import Record, Source, is_junk, unusable_entry, walk_files
+from portraitseg.imagefiles import IMAGE_SUFFIXES
 
 META_FILE = "meta.json"
 IMAGE_DIR = "img"

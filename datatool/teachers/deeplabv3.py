@@ -18,7 +18,7 @@ import numpy as np
 
 from datatool.teachers import TeacherOptions, register
 from datatool.teachers.base import Teacher, TeacherError
-from datatool.teachers.resizing import resize_image, resize_probability
+from portraitseg.resize import resize_image, resize_probability
 
 VARIANTS = ("resnet50", "resnet101", "mobilenet_v3_large")
 DEFAULT_VARIANT = "resnet50"

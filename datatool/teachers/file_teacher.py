@@ -29,7 +29,6 @@ The model file is looked up at `model` and then, by file name, in the model cach
 put the file in their cache. A missing file raises `ModelMissingError` with `how_to_get`.
 """
 
-import os
 import re
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -41,7 +40,8 @@ import yaml
 
 from datatool.teachers import SPECS_DIR, TeacherOptions, list_specs, register
 from datatool.teachers.base import Teacher, TeacherError
-from datatool.teachers.resizing import Placement, letterbox, resize_probability, stretch
+from portraitseg.litert import TfliteFileError, open_tflite
+from portraitseg.resize import Placement, letterbox, resize_probability, stretch
 
 LAYOUTS = ("nhwc", "nchw")
 INPUT_DTYPES = ("float32", "uint8", "int8")
@@ -376,13 +376,10 @@ class TfliteTeacher(FileTeacher):
 
     def load(self, device: str) -> None:
         # LiteRT runs on the CPU whatever `device` says.
-        from ai_edge_litert.interpreter import Interpreter
-
         try:
-            self.interpreter = Interpreter(model_path=str(self.model_file), num_threads=len(os.sched_getaffinity(0)))
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            raise TeacherError(f"LiteRT cannot load {self.model_file}: {error}") from error
+            self.interpreter = open_tflite(self.model_file)
+        except TfliteFileError as error:
+            raise TeacherError(str(error)) from error
         self.input = self.interpreter.get_input_details()[0]
         outputs = self.interpreter.get_output_details()
         if self.spec.output_index >= len(outputs):

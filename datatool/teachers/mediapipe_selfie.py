@@ -13,14 +13,14 @@ The model file itself declares input `input_1` float32 [1, 256, 256, 3] (NHWC) a
 float32 [1, 256, 256, 1]; both are checked when the teacher is built.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from datatool.teachers import TeacherOptions, register
 from datatool.teachers.base import Teacher, TeacherError
-from datatool.teachers.resizing import resize_probability, stretch
+from portraitseg.litert import TfliteFileError, open_tflite
+from portraitseg.resize import resize_probability, stretch
 
 MODEL_NAME = "mediapipe-selfie"  # the datatool.models registry entry
 INPUT_SHAPE = (1, 256, 256, 3)
@@ -31,12 +31,11 @@ class MediaPipeSelfieTeacher(Teacher):
     name = "mediapipe-selfie"
 
     def __init__(self, model_file: Path):
-        from ai_edge_litert.interpreter import Interpreter
-
         self.model_file = Path(model_file)
-        # LiteRT defaults to one thread; this model is small enough that two cores double its speed.
-        self.interpreter = Interpreter(model_path=str(self.model_file), num_threads=len(os.sched_getaffinity(0)))
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter = open_tflite(self.model_file)
+        except TfliteFileError as error:
+            raise TeacherError(str(error)) from error
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         if tuple(self.input["shape"]) != INPUT_SHAPE or self.input["dtype"] != np.float32:

@@ -26,7 +26,7 @@ import numpy as np
 
 from datatool.teachers import TeacherOptions, register
 from datatool.teachers.base import Teacher, TeacherError
-from datatool.teachers.resizing import resize_image, resize_probability
+from portraitseg.resize import resize_image, resize_probability
 
 MODEL_NAME = "rembg-u2netp"  # the datatool.models registry entry
 MODEL_FILENAME = "u2netp.onnx"  # the name rembg looks for

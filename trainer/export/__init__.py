@@ -9,3 +9,7 @@ One module per format (`onnx`, `tflite`, `tensorrt`), plus the pieces they share
 
 Artefacts are run on the CPU (or a GPU for TensorRT) through `trainer.runtime.open_runner`.
 """
+
+# The ONNX metadata_props key `onnx.set_precision` writes and `trainer.runtime` reads back
+# (ONNX Runtime shows it as custom metadata): fp32 or int8.
+PRECISION_KEY = "portraitseg.precision"

@@ -17,13 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datatool.progress import progress
-from datatool.split import resolve
-from trainer.data import read_rgb, read_split
+from portraitseg.imagefiles import IMAGE_SUFFIXES, read_rgb
+from portraitseg.progress import progress
+from portraitseg.records import read_split, resolve
 
 SAMPLES_FILE = "samples.npy"
 INFO_FILE = "calibration.json"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class CalibrationError(ValueError):

@@ -18,8 +18,8 @@ import onnx
 import torch
 from torch import nn
 
+from trainer.export import PRECISION_KEY
 from trainer.export.graph import build_inference_graph, example_input
-from trainer.runtime import PRECISION_KEY
 
 OPSET = 17
 INPUT_NAME = "image"

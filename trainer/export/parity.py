@@ -14,12 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datatool.split import resolve
-from trainer.data import read_rgb, read_split
+from portraitseg.imagefiles import read_rgb
+from portraitseg.records import read_split, resolve
+from portraitseg.scoring import iou, person
 from trainer.export.calibration import resize_image
 from trainer.runtime import Runner
 
-THRESHOLD = 0.5
 WARMUP_RUNS = 3
 
 
@@ -48,13 +48,6 @@ def load_validation(split_dir: Path, size: int, limit: int = 32) -> ValidationSe
         masks.append(resized >= 128)
     ids = [str(row.get("id", index)) for index, row in enumerate(rows)]
     return ValidationSet(np.stack(images), np.stack(masks), ids, Path(split_dir))
-
-
-def iou(probabilities: np.ndarray, truth: np.ndarray) -> float:
-    """Dataset-level IoU: summed intersections over summed unions; empty vs empty is 1."""
-    predicted = probabilities >= THRESHOLD
-    union = np.logical_or(predicted, truth).sum()
-    return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
 
 
 def median_latency_ms(runner: Runner, image: np.ndarray, runs: int) -> float | None:
@@ -89,7 +82,7 @@ def compare(
         "validation": str(validation.split_dir),
         "max_abs_diff": float(difference.max()),
         "mean_abs_diff": float(difference.mean()),
-        "mask_agreement": float(np.mean((predicted >= THRESHOLD) == (reference >= THRESHOLD))),
+        "mask_agreement": float(np.mean(person(predicted) == person(reference))),
         "reference_iou": reference_iou,
         "iou": artefact_iou,
         "iou_drop": drop,

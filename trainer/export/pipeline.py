@@ -1,29 +1,29 @@
 """`export_checkpoint`: one checkpoint -> one artefact (format + precision) -> its parity report.
 
-    export_checkpoint(checkpoint, "tflite", "int8", output_dir, params, calibration=...)
+    export_checkpoint(checkpoint, "tflite", "int8", output_dir, split_dir, config, calibration=...)
       ├─ refuse an unsupported format / precision pair (before any work)
       ├─ load the checkpoint (CheckpointError for damaged or foreign files)
-      ├─ build the artefact (int8: calibration samples from --calibration or the train split)
-      ├─ run it and fp32 PyTorch on the validation photos -> parity numbers (trainer.export.parity)
+      ├─ build the artefact (int8: calibration samples from --calibration or the split's train set)
+      ├─ run it and fp32 PyTorch on the split's validation photos -> parity numbers (trainer.export.parity)
       └─ write <output_dir>/<format>-<precision>.json next to <format>-<precision>.<suffix>
 
-The `export:` section of params.yaml (`ExportParams`) sets the allowed IoU drop, how many
-validation and calibration images to use, the seed, threads and latency runs.
+The `export:` section of params.yaml (`ExportConfig`) sets the IoU drop parity allows, how many
+validation and calibration images to use, the seed, threads and latency runs; the split folder
+comes from the command line (`--split-dir`), never from inside the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError, read_params_section
 from trainer.export import tensorrt
 from trainer.export.calibration import load_calibration
 from trainer.export.parity import compare, load_validation
 from trainer.runtime import open_runner
-from trainer.train import load_model
+from trainer.checkpoint import load_model
 
 SUPPORTED: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "int8"),
@@ -34,39 +34,20 @@ SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
 
 
 class ExportError(ValueError):
-    """An export that cannot run as asked (unsupported pair, missing validation split, bad params)."""
+    """An export that cannot run as asked (unsupported pair, missing validation split)."""
 
 
 @dataclass(frozen=True)
-class ExportParams:
-    max_iou_drop: float = 0.01  # an artefact may lose at most this much validation IoU against fp32 PyTorch
+class ExportConfig:
+    """The `export:` section of params.yaml (`portraitseg.params.load_section`); the only place its defaults live."""
+
+    max_parity_iou_drop: float = 0.01  # parity fails when an artefact loses more validation IoU than this
+    # against fp32 PyTorch
     validation_images: int = 32  # parity is checked on the first N rows of val.jsonl
-    calibration_images: int = 64  # int8 calibration samples drawn from the train split
+    calibration_images: int = 64  # int8 calibration samples drawn from the split's train set
     seed: int = 0  # which train images calibrate
     threads: int = 2  # CPU threads of every runtime (parity and latency)
     latency_runs: int = 20  # timed batch-1 runs per artefact (0 skips timing)
-
-
-def load_export_params(path: Path | None) -> ExportParams:
-    """The `export:` section of a params file (defaults when absent); unknown keys and wrong types are errors."""
-    if path is None:
-        return ExportParams()
-    try:
-        section = read_params_section(path, "export")
-    except ConfigError as error:
-        raise ExportError(str(error)) from error
-    known = {field.name: field for field in fields(ExportParams)}
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise ExportError(f"{path}: unknown export key(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    values = {}
-    for name, value in section.items():
-        kind = float if known[name].type == "float" else int
-        wrong_type = isinstance(value, bool) or not isinstance(value, int if kind is int else int | float)
-        if wrong_type:
-            raise ExportError(f"{path}: export.{name} must be {kind.__name__}, got {type(value).__name__}")
-        values[name] = kind(value)
-    return ExportParams(**values)
 
 
 def supported_pairs() -> str:
@@ -99,18 +80,19 @@ def export_checkpoint(
     fmt: str,
     precision: str,
     output_dir: Path,
-    params: ExportParams | None = None,
+    split_dir: Path,
+    config: ExportConfig | None = None,
     calibration: Path | None = None,
-    validation: Path | None = None,
     size: int | None = None,
 ) -> ExportResult:
-    """Build `fmt`/`precision` from `checkpoint` into `output_dir` and check it (see the module doc).
+    """Build `fmt`/`precision` from `checkpoint` into `output_dir` and check it on the validation
+    photos of `split_dir` (see the module doc); int8 calibrates on `calibration`, else on its train set.
 
     `size` is the artefact's input side (default: the training size; the students are fully
     convolutional, so e.g. a 160 px student exports at 256 to run where a 256 px model does).
     """
     check_supported(fmt, precision)
-    params = params or ExportParams()
+    config = config or ExportConfig()
     model, state = load_model(checkpoint)
     size = size or int(state["config"]["size"])
     name = f"{fmt}-{precision}"
@@ -128,18 +110,18 @@ def export_checkpoint(
 
     # Checked before any work: the parity check needs the validation split (a TensorRT engine that
     # cannot be built here is never run, so it does not).
-    validation_dir = validation or Path(state["config"]["split_dir"])
+    split_dir = Path(split_dir)
     runs_here = fmt != "tensorrt" or tensorrt.unavailable_reason() is None
-    if runs_here and not (validation_dir / "val.jsonl").is_file():
+    if runs_here and not (split_dir / "val.jsonl").is_file():
         raise ExportError(
-            f"no validation split at {validation_dir} (val.jsonl) for the parity check; "
-            "pass --validation SPLIT_DIR (a `datatool split` output)"
+            f"no validation split at {split_dir} (val.jsonl) for the parity check; "
+            "pass --split-dir SPLIT_DIR (a `datatool split` output)"
         )
 
     samples = None
     if precision == "int8":
-        source = calibration or Path(state["config"]["split_dir"])
-        samples = load_calibration(source, size, params.calibration_images, params.seed)
+        source = calibration or split_dir
+        samples = load_calibration(source, size, config.calibration_images, config.seed)
         base["calibration"] = {"source": str(source), "images": len(samples)}
 
     if fmt == "tensorrt":
@@ -150,16 +132,16 @@ def export_checkpoint(
     else:
         build_artefact(model, size, fmt, precision, artefact, samples)
 
-    images = load_validation(validation_dir, size, params.validation_images)
-    reference = open_runner(checkpoint, params.threads, size=size).predict(images.images)
-    runner = open_runner(artefact, params.threads)
-    parity = compare(runner, reference, images, params.max_iou_drop, params.latency_runs)
+    images = load_validation(split_dir, size, config.validation_images)
+    reference = open_runner(checkpoint, config.threads, size=size).predict(images.images)
+    runner = open_runner(artefact, config.threads)
+    parity = compare(runner, reference, images, config.max_parity_iou_drop, config.latency_runs)
     report = {
         **base,
         "file": artefact.name,
         "backend": runner.backend,
         "size_bytes": artefact.stat().st_size,
-        "threads": params.threads,
+        "threads": config.threads,
         **parity,
         "status": "passed" if parity["passed"] else "failed",
     }

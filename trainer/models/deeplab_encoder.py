@@ -34,7 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD, build_photometric, read_rgb
+from portraitseg.imagefiles import IMAGE_SUFFIXES, read_rgb
+from portraitseg.litert import TfliteFileError, open_tflite
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD, build_photometric
 from trainer.models import create_model
 
 MODEL_NAME = "mobile_unet"
@@ -51,7 +53,6 @@ SCOPES = (
 CHECK_LAYER = 11  # features[11] = expanded_conv_10: stride 16 (before DeepLab's dilated stage), no residual add
 CHECK_SCOPE = "expanded_conv_10/project"
 CHECK_MIN_CORRELATION = 0.99
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 class EncoderImportError(RuntimeError):
@@ -81,18 +82,10 @@ def _dequantize(interpreter, detail: dict[str, Any]) -> np.ndarray:
 
 def open_interpreter(tflite_path: Path):
     """The reference interpreter, without XNNPACK, so that every intermediate tensor stays readable."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
     try:
-        interpreter = Interpreter(
-            model_path=str(tflite_path),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            experimental_preserve_all_tensors=True,
-        )
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as error:
-        raise EncoderImportError(f"{tflite_path} is not a readable TFLite model: {error}") from error
-    return interpreter
+        return open_tflite(tflite_path, inspectable=True)
+    except TfliteFileError as error:
+        raise EncoderImportError(str(error)) from error
 
 
 def read_convolutions(interpreter) -> dict[str, FoldedConv]:

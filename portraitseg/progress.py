@@ -1,4 +1,4 @@
-"""The one place the library reports progress on long work (a tqdm bar on a terminal, quiet in logs)."""
+"""The one place portraitseg reports progress on long work (a tqdm bar on a terminal, quiet in logs)."""
 
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
