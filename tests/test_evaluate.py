@@ -22,15 +22,8 @@ from trainer.checkpoint import load_model
 from trainer.cli import main
 from trainer.complexity import count_macs, count_parameters
 from trainer.config import TrainConfig
-from trainer.evaluate import (
-    EvaluateConfig,
-    QualityMetrics,
-    discover_artefacts,
-    evaluate,
-    expand_artefacts,
-    measure_latency,
-    model_name_of,
-)
+from trainer.evaluate import EvaluateConfig, discover_artefacts, evaluate, expand_artefacts, model_name_of
+from trainer.harness import QualityMetrics, score, time_predictors
 from trainer.models import MODELS, SegmentationModel
 from trainer.train import fit
 
@@ -147,6 +140,29 @@ def test_half_overlap_and_soft_probabilities():
         metrics.update(probability[:10], mask)
 
 
+def test_score_measures_each_predictor_on_the_same_photos():
+    mask = square_mask()
+
+    class Fixed:  # a Predictor: person where the mask is, at `value`
+        input_size = None
+
+        def __init__(self, value: float):
+            self.value = value
+
+        def predict(self, images):
+            return [np.where(mask > 0, self.value, 0.0).astype(np.float32) for _ in images]
+
+    seen = []
+    samples = [(np.zeros((*mask.shape, 3), np.uint8), mask)] * 2
+    perfect, empty = score(
+        [Fixed(1.0), Fixed(0.0)], samples, boundary_width=None,
+        observe=lambda index, image, truth, maps: seen.append((index, len(maps))),
+    )  # fmt: skip
+    assert perfect == {"iou": 1.0, "miou": 1.0, "pixel_accuracy": 1.0, "alpha_mae": 0.0}  # no boundary F asked for
+    assert empty["iou"] == 0.0 and empty["pixel_accuracy"] == pytest.approx(300 / 400)
+    assert seen == [(0, 2), (1, 2)]
+
+
 def test_macs_are_counted_per_layer():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten(),
                           nn.Linear(8 * 16 * 16, 10))  # fmt: skip
@@ -158,8 +174,20 @@ def test_macs_are_counted_per_layer():
 
 
 def test_latency_median_and_p90():
-    latency = measure_latency(lambda: sum(range(1000)), warmup=2, repeats=20)
+    class Recorder:
+        input_size = 8
+
+        def __init__(self):
+            self.shapes = []
+
+        def predict(self, images):
+            self.shapes.append(images[0].shape)
+            return [np.zeros(images[0].shape[:2], np.float32)]
+
+    recorder = Recorder()
+    (latency,) = time_predictors([recorder], np.zeros((40, 48, 3), np.uint8), warmup=2, repeats=20)
     assert 0 < latency["latency_ms"] <= latency["latency_p90_ms"]
+    assert set(recorder.shapes) == {(8, 8, 3)}  # timed on the photo already at the input size: no resize inside
 
 
 def evaluate_config(section, overrides=None) -> EvaluateConfig:

@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from export_fixtures import SIZE, register_tiny, write_checkpoint, write_split
+from portraitseg.records import read_split
 from trainer.cli import main
+from trainer.evaluate import EvaluateConfig, evaluate
 from trainer.export.calibration import CalibrationError, load_calibration, write_calibration_set
 from portraitseg.params import ConfigError, load_section
 from trainer.export.pipeline import ExportConfig, export_checkpoint
@@ -60,6 +62,20 @@ def test_fp32_artefacts_match_pytorch_within_1e4(exported):
         assert report["latency_ms"] > 0
         saved = json.loads(exported[name].report_path.read_text())
         assert saved == report and saved["size_bytes"] == exported[name].artefact.stat().st_size
+
+
+def test_parity_scores_an_artefact_as_evaluate_does(tiny, exported):
+    # One scoring harness: the same photos give the same IoU in the export report and in `trainer evaluate`.
+    split_dir, checkpoint = tiny
+    config = EvaluateConfig(set="val", max_images=FAST.validation_images, reference="", warmup=0, repeats=1, overlay_images=0)
+    artefacts = {name: exported[name].artefact for name in ("onnx-int8", "tflite-int8")}
+    rows = evaluate([checkpoint, *artefacts.values()], split_dir, config).rows
+    iou = {Path(row["path"]): row["iou"] for row in rows}
+    for name, artefact in artefacts.items():
+        report = exported[name].report
+        assert report["iou"] == iou[artefact] and report["reference_iou"] == iou[checkpoint], name
+        assert report["images"] == len(read_split(split_dir, "val"))
+        assert 0 < report["latency_ms"] <= report["latency_p90_ms"]
 
 
 def test_onnx_graph_is_static_opset_17_with_batch_norm_folded(exported):

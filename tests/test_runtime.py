@@ -5,6 +5,8 @@ import pytest
 
 from export_fixtures import SIZE, register_tiny, write_checkpoint
 from trainer.export.onnx import export_onnx
+from portraitseg.predictor import Predictor
+from portraitseg.resize import resize_image, resize_probability
 from trainer.runtime import RunnerError, dequantize, open_runner, quantize
 from trainer.checkpoint import load_model
 
@@ -46,6 +48,21 @@ def test_the_colour_rule_model_segments_the_person(artefacts):
     photo[:, 8:24, 10:20] = (210, 90, 60)  # red person
     probabilities = open_runner(checkpoint).predict(photo)[0]
     assert probabilities[16, 15] > 0.9 and probabilities[2, 2] < 0.1
+
+
+def test_a_runner_as_predictor_takes_photos_of_any_size(artefacts):
+    runner = open_runner(artefacts[1], threads=1)
+    predictor = runner.as_predictor()
+    assert isinstance(predictor, Predictor) and predictor.input_size == SIZE
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 48, 3), (SIZE, SIZE, 3), (20, 70, 3))]
+    maps = predictor.predict(photos)
+    assert [probability.shape for probability in maps] == [photo.shape[:2] for photo in photos]
+    assert all(probability.dtype == np.float32 for probability in maps)
+    # The one resize rule of the teachers: photo -> S x S, probabilities back bilinearly.
+    for photo, probability in zip(photos, maps, strict=True):
+        at_input = runner.predict(resize_image(photo, SIZE, SIZE)[None])[0]
+        assert np.array_equal(probability, resize_probability(at_input, *photo.shape[:2]))
 
 
 def test_wrong_image_size_names_the_expected_shape(artefacts):

@@ -16,6 +16,7 @@ from datatool.models import ModelMissingError
 from datatool.teachers import TEACHERS, Teacher, create_teacher, list_specs, list_teachers
 from datatool.teachers.base import TeacherError
 from datatool.teachers.ensemble import EnsembleTeacher
+from portraitseg.predictor import Predictor
 from portraitseg.resize import letterbox, resize_image, resize_probability, stretch
 
 ODD_SIZES = [(1, 1), (2, 999), (999, 2), (37, 53)]
@@ -95,7 +96,7 @@ def test_typo_in_an_ensemble_member_and_empty_members():
 
 
 def test_unknown_option_lists_the_valid_ones():
-    with pytest.raises(TeacherError, match="unknown teacher option.*model_dir; valid options: device, models_dir, weights"):
+    with pytest.raises(TeacherError, match="unknown teacher option.*model_dir; valid options: device, models_dir, threads, weights"):
         create_teacher("mediapipe-selfie", model_dir="/tmp")
 
 
@@ -199,6 +200,15 @@ def test_mediapipe_odd_sizes(mediapipe):
     check_maps(mediapipe.predict(images), ODD_SIZES)
 
 
+def test_teachers_are_predictors(mediapipe):
+    # The contract students meet through Runner.as_predictor(): scored and timed alike (trainer.harness).
+    assert isinstance(mediapipe, Predictor) and mediapipe.input_size == 256
+    assert isinstance(ConstantTeacher(0.5), Predictor) and ConstantTeacher(0.5).input_size is None
+    threaded = create_teacher("mediapipe-selfie", threads=1)
+    photo = astronaut()
+    assert np.array_equal(threaded.predict([photo])[0], mediapipe.predict([photo])[0])
+
+
 def test_mediapipe_finds_the_astronaut(mediapipe):
     (probability,) = mediapipe.predict([astronaut()])
     assert probability[250:450, 150:350].mean() > 0.9  # face and chest
@@ -235,7 +245,7 @@ def rembg():
 
 
 def test_rembg_odd_sizes_and_label(rembg):
-    assert rembg.label == "rembg:u2netp"
+    assert rembg.label == "rembg:u2netp" and rembg.input_size == 320
     images = [np.full((*size, 3), 128, np.uint8) for size in ODD_SIZES]
     check_maps(rembg.predict(images), ODD_SIZES)
 
@@ -281,6 +291,7 @@ def test_rembg_needs_the_file_name_rembg_looks_for(tmp_path):
 def test_options_reach_the_teacher(fake_teachers, monkeypatch):
     seen = []
     monkeypatch.setattr(ConstantTeacher, "build", classmethod(lambda cls, argument, options: seen.append(options) or cls(0.5)))
-    create_teacher("constant+constant", models_dir="~/models", device=None, weights="w.pth")
+    create_teacher("constant+constant", models_dir="~/models", device=None, weights="w.pth", threads=3)
     assert len(seen) == 2 and seen[0] == seen[1]
     assert seen[0].models_dir == Path("~/models").expanduser() and seen[0].device == "cpu" and seen[0].weights == "w.pth"
+    assert seen[0].threads == 3

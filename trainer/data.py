@@ -238,7 +238,7 @@ class SegmentationDataset(Dataset):
         mask = read_gray(resolve(self.split_dir, row, "mask"), shape)
         hard: dict[str, np.ndarray] = {}
         soft: dict[str, np.ndarray] = {}
-        if row.get("mask_kind", "binary") in SOFT_MASK_KINDS:  # as the export parity check reads it
+        if row.get("mask_kind", "binary") in SOFT_MASK_KINDS:  # resized bilinearly, values kept
             soft["mask"] = mask
         else:
             hard["mask"] = (mask >= 0.5).astype(np.float32)  # 128 and up is person, as in datatool

@@ -2,22 +2,16 @@
 
 For each artefact (a `best.pt` checkpoint, an `.onnx`, `.tflite` or TensorRT `.engine` file,
 opened with `trainer.runtime.open_runner`) and for the reference teacher (the MediaPipe selfie
-segmenter by default) it measures, in one run:
+segmenter by default), all of them `portraitseg.predictor.Predictor`s, it measures in one run:
 
-- quality on the split's images at **ground-truth resolution**: the photo is resized to the
-  model's S x S input (area when shrinking, bilinear when growing, as the teachers do), the
-  S x S probabilities are resized bilinearly to the mask's size and thresholded at 0.5.
-  Person IoU, background IoU and pixel accuracy are dataset-level (sums over every pixel of
-  every image, like `trainer.metrics`); the boundary F-score is the mean over images of
-  `trainer.metrics.boundary_f_scores` with the band width from params; alpha MAE is the mean
-  of |probability - mask / 255| over every pixel.
-- speed: batch-1 CPU latency (median and p90 over `repeats` calls after `warmup` calls, fixed
-  thread count) of `runner.predict` on one S x S uint8 image, i.e. the model call including
-  the uint8 -> float cast (students normalise inside their graph) and excluding the photo
-  resizes. The MediaPipe reference is timed the same way through its own LiteRT interpreter
-  with the same thread count: uint8 -> float / 255, `set_tensor`, `invoke`, `get_tensor`.
-  Candidates take turns in blocks of calls (`measure_latencies`), so load from other
-  processes falls on several of them alike.
+- quality on the split's images at ground-truth resolution (`trainer.harness.score`, the
+  scoring of the export parity check too), with the boundary F band width from params;
+- speed: batch-1 latency (`trainer.harness.time_predictors`: median and p90 over `repeats`
+  calls after `warmup` calls, `threads` threads in every runtime, the reference's included) of
+  `predict` on the first photo already at the model's input size: for a student the model call
+  with its uint8 -> float cast (students normalise inside their graph), for the MediaPipe
+  reference its own pre- and post-processing (/ 255, `set_tensor`, `invoke`, `get_tensor`);
+  the photo resizes are outside the timing for both;
 - size: parameters and MACs (from the artefact's checkpoint, see `trainer.complexity`; an
   export counts those of `../best.pt` beside its `export/` folder) and the artefact's file size.
 
@@ -28,34 +22,22 @@ leaderboard.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-import torch
 
 from portraitseg.params import ConfigError
+from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
-from portraitseg.litert import open_tflite
-from portraitseg.records import resolve
-from portraitseg.scoring import person
-from portraitseg.resize import resize_image, resize_probability
 from trainer.complexity import count_macs, count_parameters
-from trainer.metrics import boundary_f_scores
+from trainer.harness import WARMUP_CALLS, read_samples, score, time_predictors, use_threads
 
 ARTEFACT_SUFFIXES = (".pt", ".onnx", ".tflite", ".engine")
 CHECKPOINT_NAME = "best.pt"
 EXPORT_DIR = "export"
-REFERENCE_INPUT_SIZE = 256  # the MediaPipe selfie model's input side
-LATENCY_ROUNDS = 5  # timing blocks per candidate (see measure_latencies)
-BLOCK_WARMUP = 2  # untimed calls at the start of each block
-SETTLE_SECONDS = 0.05  # pause before each block
 
 
 class EvaluationError(RuntimeError):
@@ -69,7 +51,7 @@ class EvaluateConfig:
     set: str = "test"  # which manifest of the split: test.jsonl
     boundary_width: int = 2  # px tolerance of the boundary F-score (DAVIS-style band)
     threads: int = 2  # CPU threads of every runtime, the reference included (a fair, fixed count)
-    warmup: int = 10  # untimed calls first: allocations, XNNPACK weight packing, caches
+    warmup: int = WARMUP_CALLS  # untimed calls first: allocations, XNNPACK weight packing, caches
     repeats: int = 100  # timed batch-1 calls; the median and p90 are reported
     max_images: int = 0  # 0 = every image of the set
     reference: str = "mediapipe-selfie"  # teacher evaluated beside the students; "" = none
@@ -134,124 +116,17 @@ def checkpoint_of(path: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Quality
-
-
-class QualityMetrics:
-    """Person IoU, two-class mIoU, pixel accuracy, alpha MAE and boundary F over a set of images.
-
-    Accumulates sums like `trainer.metrics.SegmentationMetrics`, but from probabilities and
-    masks at each image's own resolution (images of different sizes cannot share a batch).
-    """
-
-    def __init__(self, boundary_width: int = 2):
-        self.boundary_width = boundary_width
-        self.sums = dict.fromkeys(
-            ("person_inter", "person_union", "background_inter", "background_union", "correct", "pixels", "abs_error",
-             "boundary_f", "images"),
-            0.0,
-        )  # fmt: skip
-
-    def update(self, probability: np.ndarray, mask: np.ndarray) -> None:
-        """One image: probability (H, W) float in [0, 1]; mask (H, W) uint8, 255 = person (soft values allowed)."""
-        if probability.shape != mask.shape:
-            raise ValueError(f"prediction {probability.shape} and mask {mask.shape} differ in size")
-        predicted, truth = person(probability), person(mask)  # one rule: portraitseg.scoring
-        sums = self.sums
-        sums["person_inter"] += float(np.count_nonzero(predicted & truth))
-        sums["person_union"] += float(np.count_nonzero(predicted | truth))
-        sums["background_inter"] += float(np.count_nonzero(~predicted & ~truth))
-        sums["background_union"] += float(np.count_nonzero(~predicted | ~truth))
-        sums["correct"] += float(np.count_nonzero(predicted == truth))
-        sums["pixels"] += float(mask.size)
-        sums["abs_error"] += float(np.abs(probability.astype(np.float64) - mask / 255.0).sum())
-        sums["boundary_f"] += float(boundary_f_scores(as_batch(predicted), as_batch(truth), self.boundary_width)[0])
-        sums["images"] += 1
-
-    def compute(self) -> dict[str, float]:
-        """{"iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae"}; an empty union counts as IoU 1."""
-        s = self.sums
-        person_iou = s["person_inter"] / s["person_union"] if s["person_union"] else 1.0
-        background_iou = s["background_inter"] / s["background_union"] if s["background_union"] else 1.0
-        return {
-            "iou": person_iou,
-            "miou": (person_iou + background_iou) / 2,
-            "boundary_f": s["boundary_f"] / s["images"] if s["images"] else 0.0,
-            "pixel_accuracy": s["correct"] / s["pixels"] if s["pixels"] else 0.0,
-            "alpha_mae": s["abs_error"] / s["pixels"] if s["pixels"] else 0.0,
-        }
-
-
-def as_batch(mask: np.ndarray) -> torch.Tensor:
-    """(H, W) bool array -> (1, 1, H, W) tensor, the layout of `trainer.metrics`."""
-    return torch.from_numpy(np.ascontiguousarray(mask))[None, None]
-
-
-def predict_full_size(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size: int) -> np.ndarray:
-    """Run a batch-1 S x S `predict` on an (H, W, 3) photo; the probabilities come back at H x W."""
-    height, width = image.shape[:2]
-    batch = resize_image(image, size, size)[np.newaxis]  # (1, S, S, 3) uint8
-    probability = np.asarray(predict(batch))[0]  # (S, S) float32
-    return resize_probability(probability, height, width)
-
-
-# ---------------------------------------------------------------------------------------------
-# Speed
-
-
-def measure_latency(call: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
-    """Median and p90 wall time of `call()` in milliseconds, after `warmup` untimed calls."""
-    return measure_latencies({"call": call}, warmup, repeats)["call"]
-
-
-def measure_latencies(calls: Mapping[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Median and p90 (ms) of each call: `repeats` timed calls each, in `LATENCY_ROUNDS` blocks.
-
-    The candidates take turns block by block, so a burst of load from another process on a
-    shared machine falls on several of them instead of on one candidate's whole run. Turns are
-    blocks, not single calls: PyTorch (OpenMP), ONNX Runtime and LiteRT each keep a thread pool
-    whose idle threads spin for a while after a call, and alternating call by call made the
-    pools fight (PyTorch 400 ms instead of 15 ms here). Each block therefore starts after a
-    pause and a few untimed calls.
-    """
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    rounds = min(LATENCY_ROUNDS, repeats)
-    for round_index in progress(range(rounds), desc="latency", unit="round"):
-        block = repeats // rounds + (1 if round_index < repeats % rounds else 0)
-        for name, call in calls.items():
-            time.sleep(SETTLE_SECONDS)  # let the previous runtime's spinning threads go idle
-            for _ in range(min(warmup, BLOCK_WARMUP)):
-                call()
-            for _ in range(block):
-                start = time.perf_counter_ns()
-                call()
-                times[name].append((time.perf_counter_ns() - start) / 1e6)
-    return {name: summarise_times(values) for name, values in times.items()}
-
-
-def summarise_times(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return {"latency_ms": statistics.median(ordered), "latency_p90_ms": p90}
-
-
-# ---------------------------------------------------------------------------------------------
 # What is evaluated: artefacts and the reference behind one small interface
 
 
 @dataclasses.dataclass
 class Candidate:
-    """One model x backend: how to predict, how to time it, and what it is."""
+    """One model x backend: its predictor (scored and timed like every other) and what it is."""
 
     model: str
     backend: str  # e.g. pytorch-fp32, onnxruntime-int8, litert-fp16
-    size: int  # square input side S
     path: Path
-    predict_full: Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (H, W) float32 probabilities
-    time_once: Callable[[np.ndarray], Any]  # one batch-1 model call on an S x S uint8 image
+    predictor: Predictor
     params: int | None = None
     macs: int | None = None
     reference: bool = False
@@ -260,6 +135,11 @@ class Candidate:
     @property
     def name(self) -> str:
         return f"{self.model}/{self.backend}"
+
+    @property
+    def size(self) -> int | None:
+        """Square input side S; None for a reference that takes photos of other shapes."""
+        return self.predictor.input_size
 
 
 def open_artefact(path: Path, threads: int, size_cache: dict[Path, tuple[int, int]]) -> Candidate:
@@ -279,14 +159,12 @@ def open_artefact(path: Path, threads: int, size_cache: dict[Path, tuple[int, in
     return Candidate(
         model=model_name_of(path),
         backend=f"{runner.backend}-{precision}" if precision else str(runner.backend),
-        size=size,
         path=path,
-        predict_full=lambda image: predict_full_size(runner.predict, image, size),
-        time_once=runner.predict,
+        predictor=runner.as_predictor(),
         params=params,
         macs=macs,
-        timing=f"runner.predict on the {'GPU' if runner.backend == 'tensorrt' else 'CPU'}: uint8 (1, S, S, 3) -> "
-        "probabilities (cast and normalisation in the call)",
+        timing=f"runner.predict ({'GPU' if runner.backend == 'tensorrt' else 'CPU'}) of a photo at its {size}x{size} input: "
+        "uint8 (1, S, S, 3) -> probabilities (cast and normalisation in the call)",
     )
 
 
@@ -305,46 +183,25 @@ def complexity_of(checkpoint: Path, size: int, cache: dict[Path, tuple[int, int]
 
 
 def open_reference(spec: str, threads: int, model_cache: Path | None) -> Candidate:
-    """The reference teacher: quality through `teacher.predict`, latency through its own interpreter."""
+    """The reference teacher, a predictor like the students, with `threads` threads."""
     from datatool.models import ModelMissingError
     from datatool.teachers import TeacherError, create_teacher
 
     try:
-        teacher = create_teacher(spec, models_dir=model_cache)
+        teacher = create_teacher(spec, models_dir=model_cache, threads=threads)
     except (TeacherError, ModelMissingError) as error:
         raise EvaluationError(f"cannot build the reference {spec}: {error}") from error
     model_file = getattr(teacher, "model_file", None)
-    if spec == "mediapipe-selfie" and model_file is not None:
-        time_once, timing = litert_timer(Path(model_file), threads), (
-            "LiteRT interpreter: uint8 (1, 256, 256, 3) / 255 -> set_tensor, invoke, get_tensor"
-        )
-    else:
-        # Other teachers hide their runtime; time their whole predict on an image already at 256 x 256.
-        time_once, timing = (lambda image: teacher.predict([image[0]])), "teacher.predict on a 256 x 256 image"
+    size = teacher.input_size
+    on = f"a photo at its {size}x{size} input" if size else "the first photo at its own size (resizes included)"
     return Candidate(
         model=spec,
         backend="litert-fp32" if spec == "mediapipe-selfie" else "teacher",
-        size=REFERENCE_INPUT_SIZE,
         path=Path(model_file) if model_file else Path(spec),
-        predict_full=lambda image: teacher.predict([image])[0],
-        time_once=time_once,
+        predictor=teacher,
         reference=True,
-        timing=timing,
+        timing=f"teacher.predict on {on}: the teacher's own pre- and post-processing and model call",
     )
-
-
-def litert_timer(model_file: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A batch-1 call of the MediaPipe model on a (1, 256, 256, 3) uint8 image, with `threads` threads."""
-    interpreter = open_tflite(model_file, threads)
-    input_index = interpreter.get_input_details()[0]["index"]
-    output_index = interpreter.get_output_details()[0]["index"]
-
-    def call(image: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(input_index, image.astype(np.float32) / 255.0)
-        interpreter.invoke()
-        return interpreter.get_tensor(output_index)[..., 0]  # (1, 256, 256)
-
-    return call
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,21 +232,12 @@ def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str,
     return rows[:max_images] if max_images else rows
 
 
-def read_sample(split_dir: Path, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) uint8 RGB photo and its (H, W) uint8 mask, errors naming the file."""
-    from portraitseg.imagefiles import read_rgb
-
+def samples_of(split_dir: Path, rows: list[dict[str, Any]], set_name: str):
+    """(photo, mask) of each row with a progress bar; an unreadable file is an EvaluationError naming it."""
     try:
-        image = read_rgb(resolve(split_dir, row, "image"))
+        yield from read_samples(split_dir, progress(rows, desc=f"evaluate {set_name}", total=len(rows)))
     except OSError as error:
-        raise EvaluationError(f"{error}; re-run `datatool split` or restore the file") from error
-    mask_path = resolve(split_dir, row, "mask")
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise EvaluationError(f"cannot read mask {mask_path} (missing, truncated or not an image); re-run `datatool split`")
-    if mask.shape != image.shape[:2]:
-        raise EvaluationError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}")
-    return image, mask
+        raise EvaluationError(str(error)) from error
 
 
 def evaluate(
@@ -406,8 +254,7 @@ def evaluate(
             "holding <model>/best.pt (train one with `trainer train`)"
         )
     rows = load_rows(split_dir, config.set, config.max_images)
-    torch.set_num_threads(config.threads)
-    cv2.setNumThreads(config.threads)
+    use_threads(config.threads)
     size_cache: dict = {}
     candidates, not_verified = [], []
     for path in map(Path, artefacts):
@@ -424,28 +271,23 @@ def evaluate(
     if config.reference:
         candidates.append(open_reference(config.reference, config.threads, model_cache))
 
-    metrics = {candidate.name: QualityMetrics(config.boundary_width) for candidate in candidates}
     overlay: dict[str, Any] = {"images": [], "masks": [], "predictions": {c.name: [] for c in candidates}}
-    first_image = None
-    for index, row in enumerate(progress(rows, desc=f"evaluate {config.set}", total=len(rows))):
-        image, mask = read_sample(split_dir, row)
-        first_image = image if first_image is None else first_image
-        keep = index < config.overlay_images
-        if keep:
+    first: list[np.ndarray] = []  # the photo every candidate is timed on
+
+    def observe(index: int, image: np.ndarray, mask: np.ndarray, probabilities: list[np.ndarray]) -> None:
+        if index == 0:
+            first.append(image)
+        if index < config.overlay_images:
             overlay["images"].append(image)
             overlay["masks"].append(mask)
-        for candidate in candidates:
-            probability = candidate.predict_full(image)
-            metrics[candidate.name].update(probability, mask)
-            if keep:
+            for candidate, probability in zip(candidates, probabilities, strict=True):
                 overlay["predictions"][candidate.name].append(probability)
 
-    samples = {size: resize_image(first_image, size, size)[np.newaxis] for size in {c.size for c in candidates}}
-    calls = {c.name: functools.partial(c.time_once, samples[c.size]) for c in candidates}  # a real photo, (1, S, S, 3)
-    latencies = measure_latencies(calls, config.warmup, config.repeats)
+    predictors = [candidate.predictor for candidate in candidates]
+    quality = score(predictors, samples_of(split_dir, rows, config.set), config.boundary_width, observe)
+    latencies = time_predictors(predictors, first[0], config.warmup, config.repeats)
     results = []
-    for candidate in candidates:
-        latency = latencies[candidate.name]
+    for candidate, metrics, latency in zip(candidates, quality, latencies, strict=True):
         results.append(
             {
                 "model": candidate.model,
@@ -453,7 +295,7 @@ def evaluate(
                 "reference": candidate.reference,
                 "path": str(candidate.path),
                 "input_size": candidate.size,
-                **metrics[candidate.name].compute(),
+                **metrics,
                 **latency,
                 "params": candidate.params,
                 "macs": candidate.macs,
@@ -514,12 +356,8 @@ def speed_comparison(results: list[dict[str, Any]], iou_window: float) -> dict[s
 
 def speed_line(speed: dict[str, Any], images: int) -> str:
     """"latency ratio A / B at SxS: X.XX" (both sizes named when they differ) with both IoUs."""
-    student, reference = speed["student_size"], speed["reference_size"]
-    sizes = (
-        f"at {student}x{student}"
-        if student == reference
-        else f"at {student}x{student} vs {reference}x{reference} (input sizes differ)"
-    )
+    student, reference = (f"{size}x{size}" if size else "photo size" for size in (speed["student_size"], speed["reference_size"]))
+    sizes = f"at {student}" if student == reference else f"at {student} vs {reference} (input sizes differ)"
     return (
         f"latency ratio {speed['student']} / {speed['reference']} {sizes}: {speed['latency_ratio']:.2f} "
         f"({speed['student_latency_ms']:.2f} ms vs {speed['reference_latency_ms']:.2f} ms; "

@@ -7,7 +7,8 @@ Every exported artefact holds `trainer.export.graph.InferenceGraph`: it takes th
 as (1, S, S, 3) float32 0..255 and does the ImageNet normalisation, the layout change and the
 sigmoid itself, so a runner only casts to float and loops over the batch (artefacts have a
 static batch of 1, which is also what latency is measured at). A checkpoint is wrapped in the
-same graph, so all backends see identical preprocessing.
+same graph, so all backends see identical preprocessing. `runner.as_predictor()` takes photos
+of any size instead (`portraitseg.predictor`), as teachers do; scoring and timing use that.
 
 The backend is picked by suffix: `.pt` (PyTorch), `.onnx` (ONNX Runtime), `.tflite` (LiteRT),
 `.engine` (TensorRT, imported only when such a file is opened; needs a CUDA device).
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from portraitseg.litert import TfliteFileError, open_tflite
+from portraitseg.predictor import SquareInputPredictor
 from trainer.export import PRECISION_KEY
 
 BACKEND_BY_SUFFIX = {".pt": "pytorch", ".onnx": "onnxruntime", ".tflite": "litert", ".engine": "tensorrt"}
@@ -57,6 +59,10 @@ class Runner(ABC):
             batch = np.ascontiguousarray(image[None], dtype=np.float32)  # (1, S, S, 3) 0..255
             out[index] = np.asarray(self.predict_one(batch), np.float32).reshape(size, size)
         return np.clip(out, 0.0, 1.0)
+
+    def as_predictor(self) -> SquareInputPredictor:
+        """This artefact as a `portraitseg.predictor.Predictor`: photos of any size in, probabilities at their size out."""
+        return SquareInputPredictor(self.predict, self.input_size)
 
     @abstractmethod
     def predict_one(self, batch: np.ndarray) -> np.ndarray:

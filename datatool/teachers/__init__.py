@@ -11,7 +11,7 @@ A spec is a teacher name with an optional argument after a colon, or several joi
 
 Options (keyword arguments of `create_teacher`) go to every member that uses them:
 `models_dir` (the model cache, see `datatool.models`), `weights` (deeplabv3: `default` or a
-file) and `device` (`cpu`, `cuda`, ...).
+file), `device` (`cpu`, `cuda`, ...) and `threads` (CPU threads of a LiteRT or ONNX Runtime model).
 """
 
 from dataclasses import dataclass, fields
@@ -32,6 +32,7 @@ class TeacherOptions:
     models_dir: Path | None = None  # model cache; None = datatool.models.cache_dir()
     weights: str | Path = "default"  # deeplabv3: torchvision's cached weights or a state-dict file
     device: str = "cpu"  # torch device; ONNX Runtime uses CUDA for "cuda..."; LiteRT always runs on the CPU
+    threads: int | None = None  # LiteRT / ONNX Runtime CPU threads; None = the runtime's default
 
 
 def register(cls: type[Teacher]) -> type[Teacher]:

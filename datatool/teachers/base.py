@@ -7,6 +7,9 @@ argmax -> person class) so that callers see one contract:
     probabilities = teacher.predict([rgb_image, ...])   # each (H, W, 3) uint8 RGB
     # -> [(H, W) float32 in [0, 1], ...] at each input image's own size, 1 = person
 
+That contract, with `input_size`, is `portraitseg.predictor.Predictor`: a teacher is scored and
+timed as a student is (`trainer evaluate` runs one as its reference).
+
 Teachers are built by name with `create_teacher` (see `datatool.teachers`); model files come
 from `datatool.models`, never from a download inside a teacher.
 """
@@ -30,6 +33,11 @@ class Teacher(ABC):
     def label(self) -> str:
         """What goes into the manifest's `teacher` field (name plus variant, e.g. the model file)."""
         return self.name
+
+    @property
+    def input_size(self) -> int | None:
+        """Side of the square input the photo is resized to; None when the model takes other shapes."""
+        return None
 
     @abstractmethod
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:

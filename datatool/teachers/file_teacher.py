@@ -312,27 +312,31 @@ class FileTeacher(Teacher):
 
     extensions: ClassVar[tuple[str, ...]]  # model file suffixes this runtime reads
 
-    def __init__(self, spec: FileTeacherSpec, model_file: Path, device: str = "cpu"):
+    def __init__(self, spec: FileTeacherSpec, model_file: Path, device: str = "cpu", threads: int | None = None):
         self.spec = spec
         self.model_file = Path(model_file)
         other = {".tflite": "tflite", ".onnx": "onnx"}.get(self.model_file.suffix.lower())
         if other is not None and self.model_file.suffix.lower() not in self.extensions:
             raise TeacherError(f"{self.model_file.name} is a {other} model; use {other}:{spec.path}")
-        self.load(device)
+        self.load(device, threads)
         self.check_input(self.model_input_shape(), self.model_input_dtype())
 
     @classmethod
     def build(cls, argument: str | None, options: TeacherOptions) -> "FileTeacher":
         spec = load_spec(resolve_spec_path(argument, cls.name))
-        return cls(spec, find_model_file(spec, options.models_dir), device=options.device)
+        return cls(spec, find_model_file(spec, options.models_dir), device=options.device, threads=options.threads)
 
     @property
     def label(self) -> str:
         return f"{self.name}:{self.spec.name}"
 
+    @property
+    def input_size(self) -> int | None:
+        return self.spec.input_height if self.spec.input_height == self.spec.input_width else None
+
     @abstractmethod
-    def load(self, device: str) -> None:
-        """Open the model file with this runtime."""
+    def load(self, device: str, threads: int | None) -> None:
+        """Open the model file with this runtime (`threads` CPU threads; None = its default)."""
 
     @abstractmethod
     def model_input_shape(self) -> tuple:
@@ -374,10 +378,10 @@ class TfliteTeacher(FileTeacher):
     name = "tflite"
     extensions = (".tflite",)
 
-    def load(self, device: str) -> None:
+    def load(self, device: str, threads: int | None) -> None:
         # LiteRT runs on the CPU whatever `device` says.
         try:
-            self.interpreter = open_tflite(self.model_file)
+            self.interpreter = open_tflite(self.model_file, threads)
         except TfliteFileError as error:
             raise TeacherError(str(error)) from error
         self.input = self.interpreter.get_input_details()[0]
@@ -407,13 +411,15 @@ class OnnxTeacher(FileTeacher):
     name = "onnx"
     extensions = (".onnx",)
 
-    def load(self, device: str) -> None:
+    def load(self, device: str, threads: int | None) -> None:
         import onnxruntime
         from onnxruntime.capi import onnxruntime_pybind11_state as failures
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or 0  # 0 = ONNX Runtime's default
         try:
-            self.session = onnxruntime.InferenceSession(str(self.model_file), providers=providers)
+            self.session = onnxruntime.InferenceSession(str(self.model_file), options, providers=providers)
         except (failures.Fail, failures.InvalidGraph, failures.InvalidProtobuf, failures.NoSuchFile, failures.InvalidArgument, failures.NotImplemented) as error:
             raise TeacherError(f"ONNX Runtime cannot load {self.model_file}: {error}") from error
         self.input = self.session.get_inputs()[0]

@@ -30,10 +30,10 @@ INPUT_SHAPE = (1, 256, 256, 3)
 class MediaPipeSelfieTeacher(Teacher):
     name = "mediapipe-selfie"
 
-    def __init__(self, model_file: Path):
+    def __init__(self, model_file: Path, threads: int | None = None):
         self.model_file = Path(model_file)
         try:
-            self.interpreter = open_tflite(self.model_file)
+            self.interpreter = open_tflite(self.model_file, threads)
         except TfliteFileError as error:
             raise TeacherError(str(error)) from error
         self.input = self.interpreter.get_input_details()[0]
@@ -50,7 +50,11 @@ class MediaPipeSelfieTeacher(Teacher):
             raise TeacherError(f"{cls.name} takes no argument (got {cls.name}:{argument})")
         from datatool.models import model_path
 
-        return cls(model_path(MODEL_NAME, options.models_dir))
+        return cls(model_path(MODEL_NAME, options.models_dir), options.threads)
+
+    @property
+    def input_size(self) -> int:
+        return INPUT_SHAPE[1]
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return [self.predict_one(image) for image in images]

@@ -40,7 +40,7 @@ STD = (0.229, 0.224, 0.225)
 class RembgTeacher(Teacher):
     name = "rembg"
 
-    def __init__(self, model_file: Path, device: str = "cpu"):
+    def __init__(self, model_file: Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime
         from rembg.sessions.u2netp import U2netpSession
 
@@ -48,8 +48,10 @@ class RembgTeacher(Teacher):
         if self.model_file.name != MODEL_FILENAME or not self.model_file.is_file():
             raise TeacherError(f"rembg needs a file named {MODEL_FILENAME}, got {self.model_file}")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or 0  # 0 = ONNX Runtime's default
         with environment("U2NET_HOME", str(self.model_file.parent)):
-            self.session = U2netpSession("u2netp", onnxruntime.SessionOptions(), providers=providers)
+            self.session = U2netpSession("u2netp", options, providers=providers)
 
     @classmethod
     def build(cls, argument: str | None, options: TeacherOptions) -> "RembgTeacher":
@@ -57,11 +59,15 @@ class RembgTeacher(Teacher):
             raise TeacherError(f"{cls.name} takes no argument (got {cls.name}:{argument}); it runs u2netp")
         from datatool.models import model_path
 
-        return cls(model_path(MODEL_NAME, options.models_dir), device=options.device)
+        return cls(model_path(MODEL_NAME, options.models_dir), device=options.device, threads=options.threads)
 
     @property
     def label(self) -> str:
         return "rembg:u2netp"
+
+    @property
+    def input_size(self) -> int:
+        return INPUT_SIZE
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return [self.predict_one(image) for image in images]

@@ -4,7 +4,7 @@ One module per format (`onnx`, `tflite`, `tensorrt`), plus the pieces they share
 
 - `graph`: the inference graph every artefact holds (uint8-range NHWC RGB in, probabilities out);
 - `calibration`: the calibration set int8 quantization needs (N train images, seeded);
-- `parity`: run an artefact on validation images and compare it with fp32 PyTorch;
+- `parity`: score an artefact and fp32 PyTorch on validation photos (`trainer.harness`, as `trainer evaluate` does);
 - `pipeline`: `export_checkpoint`, what `trainer export` calls.
 
 Artefacts are run on the CPU (or a GPU for TensorRT) through `trainer.runtime.open_runner`.

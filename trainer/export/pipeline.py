@@ -4,7 +4,8 @@
       ├─ refuse an unsupported format / precision pair (before any work)
       ├─ load the checkpoint (CheckpointError for damaged or foreign files)
       ├─ build the artefact (int8: calibration samples from --calibration or the split's train set)
-      ├─ run it and fp32 PyTorch on the split's validation photos -> parity numbers (trainer.export.parity)
+      ├─ score it and fp32 PyTorch on the split's validation photos as `trainer evaluate` scores
+      │  (trainer.harness) -> parity numbers (trainer.export.parity)
       └─ write <output_dir>/<format>-<precision>.json next to <format>-<precision>.<suffix>
 
 The `export:` section of params.yaml (`ExportConfig`) sets the IoU drop parity allows, how many
@@ -21,7 +22,8 @@ from typing import Any
 
 from trainer.export import tensorrt
 from trainer.export.calibration import load_calibration
-from trainer.export.parity import compare, load_validation
+from trainer.export.parity import compare
+from trainer.harness import use_threads
 from trainer.runtime import open_runner
 from trainer.checkpoint import load_model
 
@@ -47,7 +49,7 @@ class ExportConfig:
     calibration_images: int = 64  # int8 calibration samples drawn from the split's train set
     seed: int = 0  # which train images calibrate
     threads: int = 2  # CPU threads of every runtime (parity and latency)
-    latency_runs: int = 20  # timed batch-1 runs per artefact (0 skips timing)
+    latency_runs: int = 20  # timed batch-1 runs per artefact (0 skips timing), after trainer.harness.WARMUP_CALLS
 
 
 def supported_pairs() -> str:
@@ -132,10 +134,13 @@ def export_checkpoint(
     else:
         build_artefact(model, size, fmt, precision, artefact, samples)
 
-    images = load_validation(split_dir, size, config.validation_images)
-    reference = open_runner(checkpoint, config.threads, size=size).predict(images.images)
+    use_threads(config.threads)
+    reference = open_runner(checkpoint, config.threads, size=size)
     runner = open_runner(artefact, config.threads)
-    parity = compare(runner, reference, images, config.max_parity_iou_drop, config.latency_runs)
+    parity = compare(
+        runner.as_predictor(), reference.as_predictor(), split_dir, config.validation_images,
+        config.max_parity_iou_drop, config.latency_runs,
+    )  # fmt: skip
     report = {
         **base,
         "file": artefact.name,

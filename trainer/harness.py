@@ -1,0 +1,213 @@
+"""The one scoring harness: quality and latency of predictors, for `trainer evaluate` and the export parity check.
+
+Whatever is measured is a `portraitseg.predictor.Predictor` (a student in any runtime through
+`Runner.as_predictor()`, or a teacher), so every figure portraitseg prints about a model's
+quality or speed comes from here:
+
+- `score`: quality at **ground-truth resolution**. Each photo goes through `predictor.predict`
+  (resized to the model's S x S input, area when shrinking and bilinear when growing; the
+  probabilities resized bilinearly back to the mask's size) and is compared with its mask by
+  the one person rule of `portraitseg.scoring` (p >= 0.5, mask >= 128). Person IoU, background
+  IoU and pixel accuracy are dataset-level (sums over every pixel of every photo); the boundary
+  F-score is the mean over photos of `trainer.metrics.boundary_f_scores`; alpha MAE is the mean
+  of |probability - mask / 255| over every pixel.
+- `time_predictors`: batch-1 latency, median and p90 of `repeats` calls of `predictor.predict`
+  on one photo already at the model's input size (so the resizes are no-ops and only the
+  model's own pre- and post-processing is timed), after `warmup` untimed calls; predictors take
+  turns in blocks (`measure_latencies`). Call `use_threads` first: it fixes the thread count of
+  the libraries every runtime shares.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from portraitseg.imagefiles import read_rgb
+from portraitseg.predictor import Predictor
+from portraitseg.progress import progress
+from portraitseg.records import resolve
+from portraitseg.resize import resize_image
+from portraitseg.scoring import person
+from trainer.metrics import boundary_f_scores
+
+WARMUP_CALLS = 10  # untimed calls first: allocations, XNNPACK weight packing, caches
+LATENCY_ROUNDS = 5  # timing blocks per predictor (see measure_latencies)
+BLOCK_WARMUP = 2  # untimed calls at the start of each block
+SETTLE_SECONDS = 0.05  # pause before each block
+
+# Called for each photo with its index, the photo, its mask and every predictor's probabilities.
+Observer = Callable[[int, np.ndarray, np.ndarray, list[np.ndarray]], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Photos
+
+
+def read_sample(split_dir: Path, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 RGB photo of a split row and its (H, W) uint8 mask; OSError naming the file."""
+    try:
+        image = read_rgb(resolve(split_dir, row, "image"))
+    except OSError as error:
+        raise OSError(f"{error}; re-run `datatool split` or restore the file") from error
+    mask_path = resolve(split_dir, row, "mask")
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise OSError(f"cannot read mask {mask_path} (missing, truncated or not an image); re-run `datatool split`")
+    if mask.shape != image.shape[:2]:
+        raise OSError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}")
+    return image, mask
+
+
+def read_samples(split_dir: Path, rows: Iterable[dict[str, Any]]):
+    """(photo, mask) of each row, read one at a time (a test set of large photos never sits in memory)."""
+    for row in rows:
+        yield read_sample(split_dir, row)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality
+
+
+class QualityMetrics:
+    """Person IoU, two-class mIoU, pixel accuracy, alpha MAE and boundary F over a set of photos.
+
+    Accumulates sums like `trainer.metrics.SegmentationMetrics`, but from probabilities and
+    masks at each photo's own resolution (photos of different sizes cannot share a batch).
+    `boundary_width` None leaves the boundary F-score out (the costly one at full resolution).
+    """
+
+    def __init__(self, boundary_width: int | None = 2):
+        self.boundary_width = boundary_width
+        self.sums = dict.fromkeys(
+            ("person_inter", "person_union", "background_inter", "background_union", "correct", "pixels", "abs_error",
+             "boundary_f", "images"),
+            0.0,
+        )  # fmt: skip
+
+    def update(self, probability: np.ndarray, mask: np.ndarray) -> None:
+        """One photo: probability (H, W) float in [0, 1]; mask (H, W) uint8, 255 = person (soft values allowed)."""
+        if probability.shape != mask.shape:
+            raise ValueError(f"prediction {probability.shape} and mask {mask.shape} differ in size")
+        predicted, truth = person(probability), person(mask)  # one rule: portraitseg.scoring
+        sums = self.sums
+        sums["person_inter"] += float(np.count_nonzero(predicted & truth))
+        sums["person_union"] += float(np.count_nonzero(predicted | truth))
+        sums["background_inter"] += float(np.count_nonzero(~predicted & ~truth))
+        sums["background_union"] += float(np.count_nonzero(~predicted | ~truth))
+        sums["correct"] += float(np.count_nonzero(predicted == truth))
+        sums["pixels"] += float(mask.size)
+        sums["abs_error"] += float(np.abs(probability.astype(np.float64) - mask / 255.0).sum())
+        if self.boundary_width is not None:
+            sums["boundary_f"] += float(boundary_f_scores(as_batch(predicted), as_batch(truth), self.boundary_width)[0])
+        sums["images"] += 1
+
+    def compute(self) -> dict[str, float]:
+        """{"iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae"}; an empty union counts as IoU 1."""
+        s = self.sums
+        person_iou = s["person_inter"] / s["person_union"] if s["person_union"] else 1.0
+        background_iou = s["background_inter"] / s["background_union"] if s["background_union"] else 1.0
+        result = {
+            "iou": person_iou,
+            "miou": (person_iou + background_iou) / 2,
+            "boundary_f": s["boundary_f"] / s["images"] if s["images"] else 0.0,
+            "pixel_accuracy": s["correct"] / s["pixels"] if s["pixels"] else 0.0,
+            "alpha_mae": s["abs_error"] / s["pixels"] if s["pixels"] else 0.0,
+        }
+        if self.boundary_width is None:
+            del result["boundary_f"]
+        return result
+
+
+def as_batch(mask: np.ndarray) -> torch.Tensor:
+    """(H, W) bool array -> (1, 1, H, W) tensor, the layout of `trainer.metrics`."""
+    return torch.from_numpy(np.ascontiguousarray(mask))[None, None]
+
+
+def score(
+    predictors: Sequence[Predictor],
+    samples: Iterable[tuple[np.ndarray, np.ndarray]],
+    boundary_width: int | None = 2,
+    observe: Observer | None = None,
+) -> list[dict[str, float]]:
+    """The quality (`QualityMetrics.compute`) of each predictor on the same (photo, mask) pairs, in order.
+
+    Photos are read and predicted one at a time; `observe` sees each photo with every
+    predictor's probabilities (for overlays, or to compare two predictors pixel by pixel).
+    """
+    metrics = [QualityMetrics(boundary_width) for _ in predictors]
+    for index, (image, mask) in enumerate(samples):
+        probabilities = [predictor.predict([image])[0] for predictor in predictors]
+        for accumulator, probability in zip(metrics, probabilities, strict=True):
+            accumulator.update(probability, mask)
+        if observe is not None:
+            observe(index, image, mask, probabilities)
+    return [accumulator.compute() for accumulator in metrics]
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed
+
+
+def use_threads(threads: int) -> None:
+    """The thread count of PyTorch and OpenCV for this process (each runtime gets its own at opening)."""
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
+def time_predictors(
+    predictors: Sequence[Predictor], photo: np.ndarray, warmup: int = WARMUP_CALLS, repeats: int = 100
+) -> list[dict[str, float]]:
+    """{"latency_ms", "latency_p90_ms"} of each predictor's batch-1 `predict`, in order.
+
+    Each is called on `photo` resized to its input size (the photo as it is for a predictor
+    without one), so the resizes in `predict` are no-ops and not timed.
+    """
+    calls = {}
+    for index, predictor in enumerate(predictors):
+        size = predictor.input_size
+        sample = photo if size is None else resize_image(photo, size, size)
+        calls[str(index)] = lambda predictor=predictor, sample=sample: predictor.predict([sample])
+    latencies = measure_latencies(calls, warmup, repeats)
+    return [latencies[str(index)] for index in range(len(predictors))]
+
+
+def measure_latencies(calls: Mapping[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median and p90 (ms) of each call: `repeats` timed calls each, in `LATENCY_ROUNDS` blocks.
+
+    The candidates take turns block by block, so a burst of load from another process on a
+    shared machine falls on several of them instead of on one candidate's whole run. Turns are
+    blocks, not single calls: PyTorch (OpenMP), ONNX Runtime and LiteRT each keep a thread pool
+    whose idle threads spin for a while after a call, and alternating call by call made the
+    pools fight (PyTorch 400 ms instead of 15 ms here). Each block therefore starts after a
+    pause and a few untimed calls.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    rounds = min(LATENCY_ROUNDS, repeats)
+    for round_index in progress(range(rounds), desc="latency", unit="round"):
+        block = repeats // rounds + (1 if round_index < repeats % rounds else 0)
+        for name, call in calls.items():
+            time.sleep(SETTLE_SECONDS)  # let the previous runtime's spinning threads go idle
+            for _ in range(min(warmup, BLOCK_WARMUP)):
+                call()
+            for _ in range(block):
+                start = time.perf_counter_ns()
+                call()
+                times[name].append((time.perf_counter_ns() - start) / 1e6)
+    return {name: summarise_times(values) for name, values in times.items()}
+
+
+def summarise_times(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return {"latency_ms": statistics.median(ordered), "latency_p90_ms": p90}
