@@ -31,7 +31,7 @@ import numpy as np
 
 from datatool.canonical import read_manifest
 from datatool.ingest import ingest
-from datatool.models import ModelMissingError
+from datatool.teacher_files import ModelMissingError
 from datatool.pseudolabel import PseudolabelOptions, ReviewThresholds, pseudolabel, teacher_iou
 from datatool.sources import create_source
 from datatool.teachers import create_teacher

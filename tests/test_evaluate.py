@@ -242,7 +242,7 @@ def test_evaluate_command_writes_every_report(tmp_path, split_dir, models_dir):
 
 
 def test_mediapipe_reference_is_evaluated_beside_the_students(tmp_path, split_dir, models_dir):
-    from datatool.models import ModelMissingError, model_path
+    from datatool.teacher_files import ModelMissingError, model_path
 
     try:
         model_path("mediapipe-selfie")
@@ -298,9 +298,9 @@ def test_clear_errors(tmp_path, split_dir, models_dir):
     result = runner.invoke(
         main,
         ["evaluate", "--models-dir", str(models_dir), "--split-dir", str(split_dir), "--params", with_reference,
-         "--model-cache", str(tmp_path / "empty-cache"), "--output", str(tmp_path / "out")],
+         "--teacher-files", str(tmp_path / "empty-cache"), "--output", str(tmp_path / "out")],
     )  # fmt: skip
-    assert result.exit_code != 0 and "datatool models fetch mediapipe-selfie" in result.output
+    assert result.exit_code != 0 and "datatool teacher-files fetch mediapipe-selfie" in result.output
 
 
 def test_engine_without_cuda_is_reported_not_verified(tmp_path, split_dir, models_dir):

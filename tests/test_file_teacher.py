@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 from teacher_samples import SHARED_DEEPLAB, astronaut, cached_model, iou, people_dev_samples, shared_deeplab
 
-from datatool.models import ModelMissingError
+from datatool.teacher_files import ModelMissingError
 from datatool.teachers import SPECS_DIR, create_teacher, list_specs
 from datatool.teachers.base import TeacherError
 from datatool.teachers.file_teacher import load_spec

@@ -55,21 +55,21 @@ def provide_teacher_models(clone: Path) -> bool:
     verified files and downloads nothing in a test (its output persists, so DVC leaves them there).
     Without them, the `models` and `pseudolabel` stages are switched off in the clone's params,
     as a user without the teacher does; returns whether the teacher runs."""
-    from datatool.models import ModelMissingError, model_path
+    from datatool.teacher_files import ModelMissingError, model_path
 
     params = yaml.safe_load((clone / "params.yaml").read_text())
     try:
-        cached = {name: model_path(name) for name in params["models"]["fetch"]}
+        cached = {name: model_path(name) for name in params["teacher_files"]["fetch"]}
     except ModelMissingError:
-        params["models"]["fetch"], params["pseudolabel"]["inputs"] = [], {}
+        params["teacher_files"]["fetch"], params["pseudolabel"]["inputs"] = [], {}
         # The stages that read the labelled photos read an ingested set instead (README.md).
         params["backgrounds"]["photos"] = "data/interim/ingest/demo-pfcn"
         params["sets"].pop("demo-photos")
         (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return False
     for name, path in cached.items():
-        (clone / "data/models" / name).mkdir(parents=True)
-        shutil.copy2(path, clone / "data/models" / name / path.name)
+        (clone / "data/teacher-files" / name).mkdir(parents=True)
+        shutil.copy2(path, clone / "data/teacher-files" / name / path.name)
     return True
 
 

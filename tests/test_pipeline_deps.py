@@ -18,7 +18,7 @@ PACKAGES = ("portraitseg", "datatool", "trainer")
 ENTRY_MODULES = {
     "demo": ["datatool.demo"],
     "ingest": ["datatool.ingest", "datatool.sources"],
-    "models": ["datatool.models"],
+    "teacher-files": ["datatool.teacher_files"],
     "pseudolabel": ["datatool.pseudolabel", "datatool.teachers"],
     "backgrounds": ["datatool.backgrounds"],
     "synth": ["datatool.synth"],

@@ -333,7 +333,7 @@ def test_cli_labels_a_folder_and_prints_a_summary(tmp_path, built_teachers):
     write_image(tmp_path / "in/c.png", rgb_image(np.zeros((10, 10), np.uint8)))
     (tmp_path / "in/broken.jpg").write_bytes(b"junk")
     args = ["pseudolabel", "--teacher", "channel", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-            "--batch-size", "1", "--models-dir", str(tmp_path / "models"), "--min-person-fraction", "0.5"]  # fmt: skip
+            "--batch-size", "1", "--teacher-files", str(tmp_path / "models"), "--min-person-fraction", "0.5"]  # fmt: skip
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
     assert built_teachers == [{"spec": "channel", "models_dir": tmp_path / "models"}]
@@ -356,12 +356,12 @@ def test_cli_fails_clearly_without_photos_or_without_the_model(tmp_path):
         missing = str(error)
     else:
         pytest.fail("a teacher was built without its model file")
-    assert "datatool models fetch mediapipe-selfie" in missing
+    assert "datatool teacher-files fetch mediapipe-selfie" in missing
     run = CliRunner().invoke(
         main, ["pseudolabel", "--teacher", "mediapipe-selfie", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"),
-               "--models-dir", str(tmp_path / "no-models")]  # fmt: skip
+               "--teacher-files", str(tmp_path / "no-models")]  # fmt: skip
     )
-    assert run.exit_code != 0 and "datatool models fetch mediapipe-selfie" in run.output
+    assert run.exit_code != 0 and "datatool teacher-files fetch mediapipe-selfie" in run.output
 
 
 def test_every_dvc_pseudolabel_stage_runs_the_cli_with_its_params(tmp_path, built_teachers):
@@ -383,7 +383,7 @@ def test_every_dvc_pseudolabel_stage_runs_the_cli_with_its_params(tmp_path, buil
         words[words.index("--input") + 1], words[words.index("--output") + 1] = str(tmp_path / "in"), str(tmp_path / name)
         run = CliRunner().invoke(main, words[1:])
         assert run.exit_code == 0, run.output
-        assert built_teachers.pop() == {"spec": params["teacher"], "models_dir": Path("data/models")}
+        assert built_teachers.pop() == {"spec": params["teacher"], "models_dir": Path("data/teacher-files")}
         review = json.loads((tmp_path / name / "report.json").read_text())["options"]["review"]
         assert review == {key.replace("-", "_"): value for key, value in params["review"].items()}
 
@@ -392,7 +392,7 @@ def test_every_dvc_pseudolabel_stage_runs_the_cli_with_its_params(tmp_path, buil
 
 
 def test_mediapipe_selfie_labels_every_unlabelled_people_photo(shared_data, tmp_path):
-    from datatool.models import ModelMissingError, model_path
+    from datatool.teacher_files import ModelMissingError, model_path
 
     try:
         model_path("mediapipe-selfie")

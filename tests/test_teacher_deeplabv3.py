@@ -11,7 +11,7 @@ import pytest
 import torch
 from teacher_samples import astronaut
 
-from datatool.models import ModelMissingError, deeplabv3_weights
+from datatool.teacher_files import ModelMissingError, deeplabv3_weights
 from datatool.teachers import create_teacher
 from datatool.teachers.base import TeacherError
 from datatool.teachers.deeplabv3 import MEAN, PERSON_CLASS, DeepLabV3Teacher, build_model

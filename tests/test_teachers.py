@@ -1,7 +1,7 @@
 """Teachers: the registry, resizing between photo and model, the ensemble, MediaPipe and rembg.
 
 MediaPipe and rembg run their real model files when the model cache has them
-(`datatool models fetch mediapipe-selfie rembg-u2netp`) and are skipped with the reason otherwise.
+(`datatool teacher-files fetch mediapipe-selfie rembg-u2netp`) and are skipped with the reason otherwise.
 """
 
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from teacher_samples import astronaut, cached_model, iou, people_dev_samples
 
-from datatool.models import ModelMissingError
+from datatool.teacher_files import ModelMissingError
 from datatool.teachers import TEACHERS, Teacher, create_teacher, list_specs, list_teachers
 from datatool.teachers.base import TeacherError
 from datatool.teachers.ensemble import EnsembleTeacher
@@ -108,7 +108,7 @@ def test_teachers_without_arguments_reject_one(spec):
 
 @pytest.mark.parametrize(("spec", "model"), [("mediapipe-selfie", "mediapipe-selfie"), ("rembg", "rembg-u2netp")])
 def test_missing_model_file_says_how_to_fetch_it(tmp_path, spec, model):
-    with pytest.raises(ModelMissingError, match=f"datatool models fetch {model}"):
+    with pytest.raises(ModelMissingError, match=f"datatool teacher-files fetch {model}"):
         create_teacher(spec, models_dir=tmp_path)
 
 

@@ -199,9 +199,10 @@ def leaderboard(models_dir: Path, output: Path | None) -> None:
 @setting_option("--max-images", key="evaluate.max_images", type=int, help="Evaluate the first N images only (0 = all).")
 @params_option("YAML file whose `evaluate:` section sets band width, threads, warm-up, repeats, reference (absent = defaults).")
 @click.option(
-    "--model-cache",
+    "--teacher-files",
+    "model_cache",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Model cache of the reference teacher (datatool models).  [default: ~/.cache/portraitseg/models]",
+    help="Model files of the reference teacher (`datatool teacher-files fetch`).  [default: ~/.cache/portraitseg/teacher-files]",
 )
 def evaluate(
     artefacts: tuple[Path, ...],

@@ -184,7 +184,7 @@ def complexity_of(checkpoint: Path, size: int, cache: dict[Path, tuple[int, int]
 
 def open_reference(spec: str, threads: int, model_cache: Path | None) -> Candidate:
     """The reference teacher, a predictor like the students, with `threads` threads."""
-    from datatool.models import ModelMissingError
+    from datatool.teacher_files import ModelMissingError
     from datatool.teachers import TeacherError, create_teacher
 
     try:

@@ -10,7 +10,7 @@ A spec is a teacher name with an optional argument after a colon, or several joi
     mediapipe-selfie+rembg+tflite:deeplabv3-mnv2-pascal    an ensemble (mean of the members)
 
 Options (keyword arguments of `create_teacher`) go to every member that uses them:
-`models_dir` (the model cache, see `datatool.models`), `weights` (deeplabv3: `default` or a
+`models_dir` (the model cache, see `datatool.teacher_files`), `weights` (deeplabv3: `default` or a
 file), `device` (`cpu`, `cuda`, ...) and `threads` (CPU threads of a LiteRT or ONNX Runtime model).
 """
 
@@ -29,7 +29,7 @@ ARGUMENT_SEPARATOR = ":"
 class TeacherOptions:
     """What a teacher may need beyond its spec; each teacher reads the fields it uses."""
 
-    models_dir: Path | None = None  # model cache; None = datatool.models.cache_dir()
+    models_dir: Path | None = None  # model cache; None = datatool.teacher_files.cache_dir()
     weights: str | Path = "default"  # deeplabv3: torchvision's cached weights or a state-dict file
     device: str = "cpu"  # torch device; ONNX Runtime uses CUDA for "cuda..."; LiteRT always runs on the CPU
     threads: int | None = None  # LiteRT / ONNX Runtime CPU threads; None = the runtime's default

