@@ -222,7 +222,7 @@ class EvaluationResult:
 def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str, Any]]:
     manifest = Path(split_dir) / f"{set_name}.jsonl"
     if not manifest.is_file():
-        raise EvaluationError(f"no {manifest}; run `datatool split` (or `dvc repro split`) or pass --split DIR")
+        raise EvaluationError(f"no {manifest}; run `datatool split` (or `dvc repro split`) or pass --split-dir DIR")
     from portraitseg.records import SplitError, read_split
 
     try:
