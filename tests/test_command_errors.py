@@ -184,14 +184,14 @@ def test_evaluate_on_a_corrupt_split_names_the_line(tmp_path, tiny, split_dir):
     assert_message(result, f"{split_dir / 'test.jsonl'}:7: not a JSON row")
 
 
-def test_leaderboard_of_a_damaged_metrics_file_or_a_missing_folder(tmp_path):
+def test_runs_of_a_damaged_metrics_file_or_a_missing_folder(tmp_path):
     metrics = tmp_path / "models" / "student" / "metrics.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_bytes(b"\xff{garbage")
-    assert_message(invoke(trainer_main, "leaderboard", tmp_path / "models"), metrics)
+    assert_message(invoke(trainer_main, "runs", tmp_path / "models"), metrics)
     metrics.write_text(json.dumps({"model": "student"}))
-    assert_message(invoke(trainer_main, "leaderboard", tmp_path / "models"), metrics, "val_iou")
-    assert_message(invoke(trainer_main, "leaderboard", tmp_path / "nowhere"), tmp_path / "nowhere")
+    assert_message(invoke(trainer_main, "runs", tmp_path / "models"), metrics, "val_iou")
+    assert_message(invoke(trainer_main, "runs", tmp_path / "nowhere"), tmp_path / "nowhere")
     assert not (tmp_path / "nowhere").exists()
 
 

@@ -1,4 +1,4 @@
-"""The training loop, its checkpoints and config, and the `trainer train` / `leaderboard` commands.
+"""The training loop, its checkpoints and config, and the `trainer train` / `runs` commands.
 
 Runs use a tiny split (a few 48x40 photos of a coloured blob on a noisy background) at 32 px
 and a three-layer model registered for the test only, so a run takes a second or two.
@@ -291,7 +291,7 @@ def write_params(tmp_path: Path, **changes) -> Path:
     return params
 
 
-def test_train_and_leaderboard_commands(tmp_path, split_dir, tiny_model):
+def test_train_and_runs_commands(tmp_path, split_dir, tiny_model):
     params = write_params(tmp_path)
     runner = CliRunner()
     models_dir = tmp_path / "models"
@@ -305,9 +305,9 @@ def test_train_and_leaderboard_commands(tmp_path, split_dir, tiny_model):
     assert result.exit_code == 0, result.output
     assert load_checkpoint(models_dir / "tiny" / "last.pt")["epoch"] == 3
 
-    result = runner.invoke(main, ["leaderboard", str(models_dir)])
+    result = runner.invoke(main, ["runs", str(models_dir)])
     assert result.exit_code == 0, result.output
-    table = (models_dir / "leaderboard.md").read_text()
+    table = (models_dir / "runs.md").read_text()
     iou = json.loads((models_dir / "tiny" / "metrics.json").read_text())["val_iou"]
     assert f"| tiny_test_segmenter (`tiny/`) | {iou:.4f} |" in table
 

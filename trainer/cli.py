@@ -164,16 +164,16 @@ def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Markdown file to write.  [default: <models_dir>/leaderboard.md]",
+    help="Markdown file to write.  [default: <models_dir>/runs.md]",
 )
-def leaderboard(models_dir: Path, output: Path | None) -> None:
-    """Rank every trained student in MODELS_DIR (each <name>/metrics.json) by validation IoU."""
-    from trainer.leaderboard import LeaderboardError, write_leaderboard
+def runs(models_dir: Path, output: Path | None) -> None:
+    """Table of every training run in MODELS_DIR (each <name>/metrics.json), best validation IoU first."""
+    from trainer.runs import RunsError, write_runs
 
-    output = output or models_dir / "leaderboard.md"
+    output = output or models_dir / "runs.md"
     try:
-        results = write_leaderboard(models_dir, output)
-    except LeaderboardError as error:
+        results = write_runs(models_dir, output)
+    except RunsError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"{len(results)} trained students -> {output}")
 

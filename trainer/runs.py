@@ -1,4 +1,7 @@
-"""A markdown table of every trained student, best validation IoU first.
+"""`trainer runs`: a markdown table of every training run, best validation IoU first.
+
+Not a leaderboard of artefacts: that is `trainer evaluate` (test-set quality and latency of every
+exported model beside the reference); this lists the validation metrics `trainer train` recorded.
 
 Reads the `metrics.json` that `trainer.train.fit` writes into each `<models_dir>/<name>/`; a
 folder without one (a run still going, or killed before its first epoch) is not a result.
@@ -23,7 +26,7 @@ COLUMNS = (
 )
 
 
-class LeaderboardError(ValueError):
+class RunsError(ValueError):
     """A metrics.json that `trainer train` did not write (damaged or edited); names the file."""
 
 
@@ -35,16 +38,16 @@ def collect_results(models_dir: Path) -> list[dict[str, Any]]:
         try:
             metrics = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as error:  # not UTF-8, or not JSON
-            raise LeaderboardError(f"{path} is not a JSON file ({error}); {fix}") from error
+            raise RunsError(f"{path} is not a JSON file ({error}); {fix}") from error
         if not isinstance(metrics, dict) or not isinstance(metrics.get("val_iou"), (int, float)):
-            raise LeaderboardError(f"{path} has no numeric val_iou, so `trainer train` did not write it; {fix}")
+            raise RunsError(f"{path} has no numeric val_iou, so `trainer train` did not write it; {fix}")
         results.append({**metrics, "folder": path.parent.name})
     return sorted(results, key=lambda result: -result["val_iou"])
 
 
-def render_leaderboard(results: list[dict[str, Any]]) -> str:
+def render_runs(results: list[dict[str, Any]]) -> str:
     lines = [
-        "# Student leaderboard",
+        "# Training runs",
         "",
         "Validation metrics at each run's best epoch (`trainer train`), best IoU first.",
         "",
@@ -64,8 +67,8 @@ def render_leaderboard(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(models_dir: Path, output: Path) -> list[dict[str, Any]]:
+def write_runs(models_dir: Path, output: Path) -> list[dict[str, Any]]:
     results = collect_results(models_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_leaderboard(results), encoding="utf-8")
+    output.write_text(render_runs(results), encoding="utf-8")
     return results
