@@ -371,7 +371,7 @@ def test_every_dvc_pseudolabel_stage_runs_the_cli_with_its_params(tmp_path, buil
     import yaml
     from dvc.repo import Repo
 
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     params = yaml.safe_load((repo_root / "params.yaml").read_text())["pseudolabel"]
     stages = Repo(str(repo_root)).stage.collect("dvc.yaml")
     commands = {stage.name.split("@", 1)[1]: stage.cmd for stage in stages if stage.name.startswith("pseudolabel@")}

@@ -23,7 +23,7 @@ from datatool.qa import FIELD_COLOURS, VIEW_SUSPECT, app_url, build_dataset
 from headless_chromium import ChromiumPage, find_chromium
 from qa_fixtures import make_people_sets, unique_name, use_test_database
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # tests/artifacts, git-ignored
 CHROMIUM = find_chromium()
 
 # Share of a thumbnail's person pixels that must show the ground truth's green (drawn at 50 %
