@@ -107,6 +107,12 @@ def write_manifest(set_dir: Path, rows: Iterable[dict[str, Any]]) -> int:
 # -- writing images and masks -------------------------------------------------------------------
 
 
+def sample_files(sample_id: str, *png_folders: str) -> tuple[str, ...]:
+    """Every file a sample of a set may be written as: its image (a JPEG or a PNG), its mask, and
+    `<folder>/<id>.png` in each of `png_folders` (e.g. teacher_masks); what a stage claims before writing."""
+    return (f"{IMAGES}/{sample_id}.jpg", f"{IMAGES}/{sample_id}.png", *(f"{folder}/{sample_id}.png" for folder in (MASKS, *png_folders)))
+
+
 def copy_image(stem_path: Path, image: DecodedImage) -> str:
     """Copy an image that needs no change byte for byte (lossless, far faster than re-encoding)."""
     path = image_path(stem_path, image.format)

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from datatool import __version__
-from portraitseg.params import DefaultFrom, default_of, given
+from portraitseg.params import DefaultFrom, given
 
 # Where each command's defaults live (options default to None, "not given"; --help shows these).
 INGEST_DEFAULTS = "datatool.ingest:IngestOptions"
@@ -272,13 +272,11 @@ def boundary(input_dir, output_dir, width, method) -> None:
     """Edge maps of the person outline (edges/<id>.png, field `edge`) for boundary-aware losses."""
     from datatool.boundary import build_boundaries
 
-    width = default_of(BOUNDARY_DEFAULTS, "width") if width is None else width
-    method = default_of(BOUNDARY_DEFAULTS, "method") if method is None else method
     try:
-        result = build_boundaries(input_dir, output_dir, width=width, method=method)
+        result = build_boundaries(input_dir, output_dir, **given(width=width, method=method))
     except ValueError as error:
         raise click.ClickException(str(error)) from error
-    counts = result.report["counts"]
+    counts, width, method = result.report["counts"], result.report["options"]["width"], result.report["options"]["method"]
     click.echo(
         f"{input_dir.name}: {result.written} of {result.rows} edge maps ({method}, {width} px) in {result.report['seconds']:.1f} s; "
         f"files {counts.get('linked_files', 0)} linked, {counts.get('copied_files', 0)} copied; {counts.get('empty_edges', 0)} empty edge maps"

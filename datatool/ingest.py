@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import IMAGES, MASKS, REPORT, copy_image, encode_image, make_id, write_manifest, write_mask
+from datatool.canonical import IMAGES, MASKS, REPORT, copy_image, encode_image, make_id, sample_files, write_manifest, write_mask
 from datatool.images import TRANSPOSING_ORIENTATIONS, ImageError, apply_orientation, oriented_size, read_image
 from datatool.masks import Mask, MaskError, fit_mask, same_aspect
 from datatool.outputs import OutputFolder
@@ -137,11 +137,6 @@ def unique_ids(records: list[Record], name: str, report: Report) -> list[tuple[s
         else:
             first[sample_id] = record
     return [(sample_id, record) for sample_id, record in first.items()]
-
-
-def sample_files(sample_id: str) -> tuple[str, ...]:
-    """Every file a sample may be written as (the image is a JPEG or a PNG)."""
-    return (f"{IMAGES}/{sample_id}.jpg", f"{IMAGES}/{sample_id}.png", f"{MASKS}/{sample_id}.png")
 
 
 def process_records(

@@ -57,7 +57,7 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import (
-    IMAGES, MANIFEST, MASKS, REPORT, copy_image, encode_image, make_id, read_rows, write_manifest, write_mask,
+    IMAGES, MANIFEST, MASKS, REPORT, copy_image, encode_image, make_id, read_rows, sample_files, write_manifest, write_mask,
 )  # fmt: skip
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
 from datatool.outputs import OutputFolder
@@ -181,9 +181,9 @@ def pseudolabel(
         canonical=canonical, max_side=options.max_side or None,
     )  # fmt: skip
     previous = load_state(output / STATE, run_signature)
-    folders = (IMAGES, MASKS) + ((TEACHER_MASKS,) if canonical else ())
+    extra_masks = (TEACHER_MASKS,) if canonical else ()
     ids = (photo.key if canonical else make_id(name, photo.key) for photo in photos)
-    folder.begin(folders, claims=(path for sample_id in ids for path in sample_files(sample_id, canonical)))
+    folder.begin((IMAGES, MASKS, *extra_masks), claims=(path for sample_id in ids for path in sample_files(sample_id, *extra_masks)))
     labeller = Labeller(teacher, name, input_dir, output, canonical, options)
     totals: Counter[str] = Counter()
     quality: dict[str, list[float]] = {key: [] for key in ("confidence", "uncertain_fraction", "teacher_agreement", "teacher_iou")}
@@ -268,12 +268,6 @@ def scan_photos(root: Path, output: Path, report: Report) -> list[InputPhoto]:
 def scan_canonical(root: Path, report: Report) -> list[InputPhoto]:
     """The usable rows of a canonical set; bad lines and repeated ids are reported (`read_rows`)."""
     return [InputPhoto(key=row["id"], path=root / row["image"], row=row) for row in read_rows(root, report)]
-
-
-def sample_files(sample_id: str, canonical: bool) -> tuple[str, ...]:
-    """Every file a sample may be written as (the image is a JPEG or a PNG)."""
-    files = (f"{IMAGES}/{sample_id}.jpg", f"{IMAGES}/{sample_id}.png", f"{MASKS}/{sample_id}.png")
-    return files + ((f"{TEACHER_MASKS}/{sample_id}.png",) if canonical else ())
 
 
 # -- labelling -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import numpy as np
 from portraitseg.params import ConfigError
 from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
+from portraitseg.records import SplitError, read_split
 from trainer.complexity import count_macs, count_parameters
 from trainer.harness import WARMUP_CALLS, read_samples, score, time_predictors, use_threads
 
@@ -223,8 +224,6 @@ def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str,
     manifest = Path(split_dir) / f"{set_name}.jsonl"
     if not manifest.is_file():
         raise EvaluationError(f"no {manifest}; run `datatool split` (or `dvc repro split`) or pass --split-dir DIR")
-    from portraitseg.records import SplitError, read_split
-
     try:
         rows = read_split(split_dir, set_name)
     except SplitError as error:

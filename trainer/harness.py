@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from portraitseg.imagefiles import read_rgb
+from portraitseg.imagefiles import read_mask, read_rgb
 from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
 from portraitseg.records import resolve
@@ -58,9 +58,10 @@ def read_sample(split_dir: Path, row: dict[str, Any]) -> tuple[np.ndarray, np.nd
     except OSError as error:
         raise OSError(f"{error}; re-run `datatool split` or restore the file") from error
     mask_path = resolve(split_dir, row, "mask")
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise OSError(f"cannot read mask {mask_path} (missing, truncated or not an image); re-run `datatool split`")
+    try:
+        mask = read_mask(mask_path)
+    except OSError as error:
+        raise OSError(f"{error}; re-run `datatool split`") from error
     if mask.shape != image.shape[:2]:
         raise OSError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}")
     return image, mask

@@ -30,7 +30,8 @@ FETCH_COMMAND = "`datatool fetch pfcn --release DIR`"
 FETCH_HINT = "the release ships only URLs, many of them dead"
 # What scipy's MATLAB reader raises on truncated or corrupt files (found by fuzzing real .mat
 # files): it has no single error type, and a zlib error surfaces for compressed variables.
-# MATLAB v7.3 files (HDF5) raise NotImplementedError.
+# scipy cannot read MATLAB v7.3 files (HDF5) at all and says so with NotImplementedError: such
+# a split list is reported as unusable like a corrupt one (its samples kept without a split).
 MAT_READ_ERRORS = (MatReadError, OSError, ValueError, TypeError, IndexError, zlib.error, NotImplementedError)
 
 
