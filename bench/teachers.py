@@ -31,11 +31,11 @@ import numpy as np
 
 from datatool.canonical import read_manifest
 from datatool.ingest import ingest
-from datatool.teacher_files import ModelMissingError
+from portraitseg.teacher_files import ModelMissingError
 from datatool.pseudolabel import PseudolabelOptions, ReviewThresholds, pseudolabel, teacher_iou
 from datatool.sources import create_source
-from datatool.teachers import create_teacher
-from datatool.teachers.base import TeacherError
+from portraitseg.teachers import create_teacher
+from portraitseg.teachers.base import TeacherError
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "people-dev"
 SHARED_DEEPLAB = "tflite:deeplabv3-mnv2-pascal"  # the shipped spec for ../shared/weights/deeplabv3_mnv2_pascal_quant.tflite

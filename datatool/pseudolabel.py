@@ -64,7 +64,7 @@ from datatool.outputs import OutputFolder
 from datatool.report import Report, printable
 from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, signature
 from datatool.sources.base import walk_files
-from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.imagefiles import IMAGE_SUFFIXES
 from portraitseg.progress import progress
 from portraitseg.scoring import PERSON_LEVEL, iou, mean_iou

@@ -1,4 +1,4 @@
-"""The core both halves import: the sample and split records, image files, scoring, resizing, progress.
+"""The core both halves import: records, image files, scoring, resizing, progress, params, predictors, teachers.
 
 `datatool` (the data side) and `trainer` (the model side) share these facts and nothing else:
 the trainer never imports a data-side stage module.
@@ -9,5 +9,9 @@ the trainer never imports a data-side stage module.
 - `resize`: moving between a photo's size and a model's input size;
 - `progress`: the one progress bar;
 - `params`: the one params.yaml loader (a section into its dataclass) and options that default
-  to "not given".
+  to "not given";
+- `predictor`: the one interface of anything that turns photos into person probabilities;
+- `teachers`: the teacher models (MediaPipe selfie, rembg, DeepLab, model files, ensembles),
+  predictors that `datatool pseudolabel` labels with and `trainer evaluate` compares against;
+- `teacher_files`: where the teachers' model files come from (`datatool teacher-files`), offline.
 """

@@ -5,7 +5,7 @@
 
 `input_size` is the side S of the square input the model sees (the photo is resized to S x S
 inside `predict`), or None for a model that takes photos of other shapes. Teachers
-(`datatool.teachers.base.Teacher`) implement it themselves. A model that takes batches of
+(`portraitseg.teachers.base.Teacher`) implement it themselves. A model that takes batches of
 photos already at S x S (a `trainer.runtime.Runner`: a checkpoint or an exported file) becomes
 one through `SquareInputPredictor`, which resizes as every teacher does (`portraitseg.resize`).
 Scoring and timing (`trainer.harness`) take any Predictor, so `trainer evaluate`'s reference

@@ -38,8 +38,8 @@ def astronaut() -> np.ndarray:
 
 
 def cached_model(name: str) -> Path:
-    """The verified cached file of a `datatool.teacher_files` entry, or skip saying how to get it."""
-    from datatool.teacher_files import ModelMissingError, model_path
+    """The verified cached file of a `portraitseg.teacher_files` entry, or skip saying how to get it."""
+    from portraitseg.teacher_files import ModelMissingError, model_path
 
     try:
         return model_path(name)

@@ -55,7 +55,7 @@ def provide_teacher_models(clone: Path) -> bool:
     verified files and downloads nothing in a test (its output persists, so DVC leaves them there).
     Without them, the `models` and `pseudolabel` stages are switched off in the clone's params,
     as a user without the teacher does; returns whether the teacher runs."""
-    from datatool.teacher_files import ModelMissingError, model_path
+    from portraitseg.teacher_files import ModelMissingError, model_path
 
     params = yaml.safe_load((clone / "params.yaml").read_text())
     try:

@@ -18,8 +18,8 @@ PACKAGES = ("portraitseg", "datatool", "trainer")
 ENTRY_MODULES = {
     "demo": ["datatool.demo"],
     "ingest": ["datatool.ingest", "datatool.sources"],
-    "teacher-files": ["datatool.teacher_files"],
-    "pseudolabel": ["datatool.pseudolabel", "datatool.teachers"],
+    "teacher-files": ["portraitseg.teacher_files"],
+    "pseudolabel": ["datatool.pseudolabel", "portraitseg.teachers"],
     "backgrounds": ["datatool.backgrounds"],
     "synth": ["datatool.synth"],
     "boundary": ["datatool.boundary"],

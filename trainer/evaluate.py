@@ -33,6 +33,8 @@ from portraitseg.params import ConfigError
 from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
 from portraitseg.records import SplitError, read_split
+from portraitseg.teacher_files import ModelMissingError
+from portraitseg.teachers import TeacherError, create_teacher
 from trainer.complexity import count_macs, count_parameters
 from trainer.harness import WARMUP_CALLS, read_samples, score, time_predictors, use_threads
 
@@ -185,9 +187,6 @@ def complexity_of(checkpoint: Path, size: int, cache: dict[Path, tuple[int, int]
 
 def open_reference(spec: str, threads: int, model_cache: Path | None) -> Candidate:
     """The reference teacher, a predictor like the students, with `threads` threads."""
-    from datatool.teacher_files import ModelMissingError
-    from datatool.teachers import TeacherError, create_teacher
-
     try:
         teacher = create_teacher(spec, models_dir=model_cache, threads=threads)
     except (TeacherError, ModelMissingError) as error:

@@ -18,7 +18,7 @@ import numpy as np
 from trainer.evaluate import EvaluationResult, speed_line
 
 METRIC_KEYS = (
-    "iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae", "latency_ms", "latency_p90_ms", "latency_ratio",
+    "iou", "pooled_iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae", "latency_ms", "latency_p90_ms", "latency_ratio",
     "input_size", "params", "macs", "file_mb",
 )  # fmt: skip
 PLOTS_FILE = Path("plots") / "latency_vs_iou.json"
@@ -32,6 +32,7 @@ COLUMNS = (
     ("Backend", "backend", "{}"),
     ("Input", "input_size", "{0}x{0}"),
     ("IoU", "iou", "{:.4f}"),
+    ("Pooled IoU", "pooled_iou", "{:.4f}"),
     ("mIoU", "miou", "{:.4f}"),
     ("Boundary F", "boundary_f", "{:.4f}"),
     ("Pixel acc.", "pixel_accuracy", "{:.4f}"),

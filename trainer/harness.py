@@ -7,10 +7,11 @@ quality or speed comes from here:
 - `score`: quality at **ground-truth resolution**. Each photo goes through `predictor.predict`
   (resized to the model's S x S input, area when shrinking and bilinear when growing; the
   probabilities resized bilinearly back to the mask's size) and is compared with its mask by
-  the one person rule of `portraitseg.scoring` (p >= 0.5, mask >= 128). Person IoU, background
-  IoU and pixel accuracy are dataset-level (sums over every pixel of every photo); the boundary
-  F-score is the mean over photos of `trainer.metrics.boundary_f_scores`; alpha MAE is the mean
-  of |probability - mask / 255| over every pixel.
+  the one person rule of `portraitseg.scoring` (p >= 0.5, mask >= 128). The headline IoU (and
+  the two-class mIoU, and the boundary F-score of `trainer.metrics.boundary_f_scores`) is the
+  mean over photos of each photo's figure; `pooled_iou` is the IoU over the pooled pixels of all
+  photos (it weighs large people by their pixels). Pixel accuracy and alpha MAE (the mean of
+  |probability - mask / 255|) are over every pixel.
 - `time_predictors`: batch-1 latency, median and p90 of `repeats` calls of `predictor.predict`
   on one photo already at the model's input size (so the resizes are no-ops and only the
   model's own pre- and post-processing is timed), after `warmup` untimed calls; predictors take
@@ -35,7 +36,7 @@ from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
 from portraitseg.records import resolve
 from portraitseg.resize import resize_image
-from portraitseg.scoring import person
+from portraitseg.scoring import iou, mean_iou, person
 from trainer.metrics import boundary_f_scores
 
 WARMUP_CALLS = 10  # untimed calls first: allocations, XNNPACK weight packing, caches
@@ -78,47 +79,48 @@ def read_samples(split_dir: Path, rows: Iterable[dict[str, Any]]):
 
 
 class QualityMetrics:
-    """Person IoU, two-class mIoU, pixel accuracy, alpha MAE and boundary F over a set of photos.
+    """Person IoU (per photo and pooled), two-class mIoU, pixel accuracy, alpha MAE and boundary F over photos.
 
-    Accumulates sums like `trainer.metrics.SegmentationMetrics`, but from probabilities and
-    masks at each photo's own resolution (photos of different sizes cannot share a batch).
-    `boundary_width` None leaves the boundary F-score out (the costly one at full resolution).
+    Photos of different sizes cannot share a batch, so each `update` is one photo at its own
+    resolution. `iou` and `miou` are means over photos of each photo's IoU (`portraitseg.scoring`),
+    as portrait-segmentation papers report them: a small person counts as much as a large one.
+    `pooled_iou` sums intersections and unions over every pixel of every photo. Pixel accuracy
+    and alpha MAE are over every pixel. `boundary_width` None leaves the boundary F-score out
+    (the costly one at full resolution).
     """
 
     def __init__(self, boundary_width: int | None = 2):
         self.boundary_width = boundary_width
-        self.sums = dict.fromkeys(
-            ("person_inter", "person_union", "background_inter", "background_union", "correct", "pixels", "abs_error",
-             "boundary_f", "images"),
-            0.0,
-        )  # fmt: skip
+        self.person_ious: list[float] = []
+        self.two_class_ious: list[float] = []
+        self.boundary_fs: list[float] = []
+        self.sums = dict.fromkeys(("person_inter", "person_union", "correct", "pixels", "abs_error"), 0.0)
 
     def update(self, probability: np.ndarray, mask: np.ndarray) -> None:
         """One photo: probability (H, W) float in [0, 1]; mask (H, W) uint8, 255 = person (soft values allowed)."""
         if probability.shape != mask.shape:
             raise ValueError(f"prediction {probability.shape} and mask {mask.shape} differ in size")
         predicted, truth = person(probability), person(mask)  # one rule: portraitseg.scoring
+        person_iou = iou(predicted, truth)
+        self.person_ious.append(person_iou)
+        self.two_class_ious.append((person_iou + iou(~predicted, ~truth)) / 2)
         sums = self.sums
         sums["person_inter"] += float(np.count_nonzero(predicted & truth))
         sums["person_union"] += float(np.count_nonzero(predicted | truth))
-        sums["background_inter"] += float(np.count_nonzero(~predicted & ~truth))
-        sums["background_union"] += float(np.count_nonzero(~predicted | ~truth))
         sums["correct"] += float(np.count_nonzero(predicted == truth))
         sums["pixels"] += float(mask.size)
         sums["abs_error"] += float(np.abs(probability.astype(np.float64) - mask / 255.0).sum())
         if self.boundary_width is not None:
-            sums["boundary_f"] += float(boundary_f_scores(as_batch(predicted), as_batch(truth), self.boundary_width)[0])
-        sums["images"] += 1
+            self.boundary_fs.append(float(boundary_f_scores(as_batch(predicted), as_batch(truth), self.boundary_width)[0]))
 
     def compute(self) -> dict[str, float]:
-        """{"iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae"}; an empty union counts as IoU 1."""
+        """{"iou", "pooled_iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae"}; an empty union counts as IoU 1."""
         s = self.sums
-        person_iou = s["person_inter"] / s["person_union"] if s["person_union"] else 1.0
-        background_iou = s["background_inter"] / s["background_union"] if s["background_union"] else 1.0
         result = {
-            "iou": person_iou,
-            "miou": (person_iou + background_iou) / 2,
-            "boundary_f": s["boundary_f"] / s["images"] if s["images"] else 0.0,
+            "iou": mean_iou(self.person_ious),
+            "pooled_iou": s["person_inter"] / s["person_union"] if s["person_union"] else 1.0,
+            "miou": mean_iou(self.two_class_ious),
+            "boundary_f": float(np.mean(self.boundary_fs)) if self.boundary_fs else 0.0,
             "pixel_accuracy": s["correct"] / s["pixels"] if s["pixels"] else 0.0,
             "alpha_mae": s["abs_error"] / s["pixels"] if s["pixels"] else 0.0,
         }

@@ -5,9 +5,11 @@ batch's counts into one float64 tensor of sums, `compute` reads the metrics off 
 `reduce_from_all_processes` all-reduces the sums, so the result over several processes is the
 result over their union.
 
-- IoU and Dice are dataset-level: sum of intersections / sum of unions over every pixel of
-  every image, so large and small people count by their pixels (per-image means would let an
-  image with a tiny person swing the score).
+- IoU and Dice are means over images of each image's figure (the rule of
+  `portraitseg.scoring`: person where p >= 0.5, an empty prediction of an empty truth scores 1),
+  so a small person counts as much as a large one, as portrait-segmentation papers report them.
+  `pooled_iou` is the dataset-level figure: the sum of intersections over the sum of unions of
+  every pixel of every image.
 - The boundary F-score follows Perazzi et al. (2016, DAVIS): an image's boundary precision is
   the share of predicted outline pixels within `tolerance` px of the true outline, its recall
   the share of true outline pixels within `tolerance` of the predicted one, F their harmonic
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from portraitseg.scoring import PERSON_THRESHOLD
 
-SUMS = ("intersection", "union", "predicted", "target", "boundary_f", "images")
+SUMS = ("intersection", "union", "image_iou", "image_dice", "boundary_f", "images")
 
 
 class SegmentationMetrics:
@@ -40,15 +42,18 @@ class SegmentationMetrics:
         """Add a batch: logits (N, 1, H, W); target (N, 1, H, W) in [0, 1], person where >= 0.5."""
         predicted = torch.sigmoid(logits.float()) >= self.threshold  # (N, 1, H, W) bool: the rule of portraitseg.scoring
         truth = target >= PERSON_THRESHOLD
-        intersection = (predicted & truth).sum()
-        union = (predicted | truth).sum()
+        intersection = (predicted & truth).sum(dim=(1, 2, 3)).double()  # (N,)
+        union = (predicted | truth).sum(dim=(1, 2, 3)).double()
+        sizes = predicted.sum(dim=(1, 2, 3)).double() + truth.sum(dim=(1, 2, 3)).double()
+        image_iou = torch.where(union > 0, intersection / union.clamp(min=1), 1.0)
+        image_dice = torch.where(sizes > 0, 2 * intersection / sizes.clamp(min=1), 1.0)
         f_scores = boundary_f_scores(predicted, truth, self.boundary_tolerance)  # (N,)
         batch_sums = torch.stack(
             [
-                intersection.double(),
-                union.double(),
-                predicted.sum().double(),
-                truth.sum().double(),
+                intersection.sum(),
+                union.sum(),
+                image_iou.sum(),
+                image_dice.sum(),
                 f_scores.sum().double(),
                 torch.tensor(float(predicted.shape[0]), dtype=torch.float64, device=predicted.device),
             ]
@@ -56,12 +61,13 @@ class SegmentationMetrics:
         self.sums += batch_sums.cpu()
 
     def compute(self) -> dict[str, float]:
-        """{"iou", "dice", "boundary_f"}; an empty prediction of an empty truth counts as perfect (1.0)."""
-        intersection, union, predicted, target, boundary_f, images = self.sums.tolist()
+        """{"iou", "dice", "boundary_f"} means over images and the dataset-level "pooled_iou"."""
+        intersection, union, image_iou, image_dice, boundary_f, images = self.sums.tolist()
         return {
-            "iou": intersection / union if union else 1.0,
-            "dice": 2 * intersection / (predicted + target) if predicted + target else 1.0,
+            "iou": image_iou / images if images else 1.0,
+            "dice": image_dice / images if images else 1.0,
             "boundary_f": boundary_f / images if images else 0.0,
+            "pooled_iou": intersection / union if union else 1.0,
         }
 
     def reduce_from_all_processes(self) -> None:

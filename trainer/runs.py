@@ -16,6 +16,7 @@ from trainer.checkpoint import METRICS_FILE
 COLUMNS = (
     ("Model", "model", "{}"),
     ("Val IoU", "val_iou", "{:.4f}"),
+    ("Pooled IoU", "val_pooled_iou", "{:.4f}"),
     ("Val Dice", "val_dice", "{:.4f}"),
     ("Boundary F", "val_boundary_f", "{:.4f}"),
     ("Params (M)", "params", "{:.3f}"),
@@ -49,7 +50,8 @@ def render_runs(results: list[dict[str, Any]]) -> str:
     lines = [
         "# Training runs",
         "",
-        "Validation metrics at each run's best epoch (`trainer train`), best IoU first.",
+        "Validation metrics at each run's best epoch (`trainer train`), best IoU first. IoU and Dice are "
+        "means over photos; pooled IoU is over the pooled pixels of all photos.",
         "",
         "| " + " | ".join(title for title, _, _ in COLUMNS) + " |",
         "|" + "|".join("---" if key == "model" else "---:" for _, key, _ in COLUMNS) + "|",

@@ -632,6 +632,7 @@ def summarise(history: list[dict[str, Any]], best_epoch: int, config: TrainConfi
         "val_iou": best["val_iou"],
         "val_dice": best["val_dice"],
         "val_boundary_f": best["val_boundary_f"],
+        "val_pooled_iou": best["val_pooled_iou"],
         "best_epoch": best_epoch,
         "epochs": history[-1]["epoch"],
         "final_train_loss": history[-1]["train_loss"],

@@ -30,7 +30,7 @@ from datatool.pseudolabel import pseudolabel
 from datatool.report import Report
 from datatool.sources import create_source
 from datatool.sources.base import walk_files
-from datatool.teachers.base import Teacher
+from portraitseg.teachers.base import Teacher
 from portraitseg.imagefiles import IMAGE_SUFFIXES
 
 BLOCKED_AFTER_S = 5

@@ -28,8 +28,8 @@ from datatool.pseudolabel import (
     teacher_iou,
 )
 from datatool.sources import create_source
-from datatool.teachers.base import Teacher, TeacherError
-from datatool.teachers.ensemble import EnsembleTeacher
+from portraitseg.teachers.base import Teacher, TeacherError
+from portraitseg.teachers.ensemble import EnsembleTeacher
 from portraitseg.records import MASK_KINDS, REQUIRED_FIELDS
 
 RED, GREEN = 0, 1  # channel indices in RGB
@@ -316,7 +316,7 @@ def test_canonical_set_keeps_ground_truth_and_scores_the_teacher_against_it(tmp_
 @pytest.fixture
 def built_teachers(monkeypatch):
     """`create_teacher` replaced by one that records its arguments and builds a `ChannelTeacher`."""
-    import datatool.teachers
+    import portraitseg.teachers
 
     built = []
 
@@ -324,7 +324,7 @@ def built_teachers(monkeypatch):
         built.append({"spec": spec, **options})
         return ChannelTeacher()
 
-    monkeypatch.setattr(datatool.teachers, "create_teacher", create_teacher)
+    monkeypatch.setattr(portraitseg.teachers, "create_teacher", create_teacher)
     return built
 
 
@@ -348,7 +348,7 @@ def test_cli_labels_a_folder_and_prints_a_summary(tmp_path, built_teachers):
 def test_cli_fails_clearly_without_photos_or_without_the_model(tmp_path):
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing/readme.txt").write_text("no photos here")
-    from datatool.teachers import create_teacher
+    from portraitseg.teachers import create_teacher
 
     try:
         create_teacher("mediapipe-selfie", models_dir=tmp_path / "no-models")
@@ -392,7 +392,7 @@ def test_every_dvc_pseudolabel_stage_runs_the_cli_with_its_params(tmp_path, buil
 
 
 def test_mediapipe_selfie_labels_every_unlabelled_people_photo(shared_data, tmp_path):
-    from datatool.teacher_files import ModelMissingError, model_path
+    from portraitseg.teacher_files import ModelMissingError, model_path
 
     try:
         model_path("mediapipe-selfie")

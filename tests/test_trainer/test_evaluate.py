@@ -110,7 +110,22 @@ def test_perfect_prediction_scores_one():
     mask = square_mask()
     metrics = QualityMetrics(boundary_width=1)
     metrics.update(mask / 255.0, mask)
-    assert metrics.compute() == {"iou": 1.0, "miou": 1.0, "boundary_f": 1.0, "pixel_accuracy": 1.0, "alpha_mae": 0.0}
+    assert metrics.compute() == {
+        "iou": 1.0, "pooled_iou": 1.0, "miou": 1.0, "boundary_f": 1.0, "pixel_accuracy": 1.0, "alpha_mae": 0.0
+    }  # fmt: skip
+
+
+def test_headline_iou_is_the_mean_over_photos_and_pooled_iou_weighs_pixels():
+    large, small = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
+    large[:, :10] = 255  # 200 person pixels
+    small[:2, :2] = 255  # 4 person pixels
+    metrics = QualityMetrics(boundary_width=None)
+    metrics.update(large / 255.0, large)  # IoU 1
+    metrics.update(np.zeros((20, 20)), small)  # the small person missed: IoU 0
+    result = metrics.compute()
+    assert result["iou"] == pytest.approx(0.5)  # each photo counts once
+    assert result["pooled_iou"] == pytest.approx(200 / 204)  # the large person dominates the pixels
+    assert result["miou"] == pytest.approx((1.0 + (0.0 + 396 / 400) / 2) / 2)
 
 
 def test_all_background_prediction_scores_zero_iou_and_known_accuracy():
@@ -158,7 +173,7 @@ def test_score_measures_each_predictor_on_the_same_photos():
         [Fixed(1.0), Fixed(0.0)], samples, boundary_width=None,
         observe=lambda index, image, truth, maps: seen.append((index, len(maps))),
     )  # fmt: skip
-    assert perfect == {"iou": 1.0, "miou": 1.0, "pixel_accuracy": 1.0, "alpha_mae": 0.0}  # no boundary F asked for
+    assert perfect == {"iou": 1.0, "pooled_iou": 1.0, "miou": 1.0, "pixel_accuracy": 1.0, "alpha_mae": 0.0}  # no boundary F
     assert empty["iou"] == 0.0 and empty["pixel_accuracy"] == pytest.approx(300 / 400)
     assert seen == [(0, 2), (1, 2)]
 
@@ -242,7 +257,7 @@ def test_evaluate_command_writes_every_report(tmp_path, split_dir, models_dir):
 
 
 def test_mediapipe_reference_is_evaluated_beside_the_students(tmp_path, split_dir, models_dir):
-    from datatool.teacher_files import ModelMissingError, model_path
+    from portraitseg.teacher_files import ModelMissingError, model_path
 
     try:
         model_path("mediapipe-selfie")

@@ -22,14 +22,20 @@ def square(top: int, left: int, size: int = 2, side: int = 4) -> torch.Tensor:
     return mask
 
 
-def test_iou_and_dice_are_sums_over_the_dataset():
+def test_iou_and_dice_are_means_over_images_and_pooled_iou_sums_pixels():
     metrics = SegmentationMetrics()
-    # Image 1: I = 1, U = 2 (IoU 0.5). Image 2: I = 3, U = 4 (IoU 0.75).
+    # Image 1: I = 1, U = 2 (IoU 0.5, Dice 2/3). Image 2: I = 3, U = 4 (IoU 0.75, Dice 6/7).
     metrics.update(as_logits([1, 1], [0, 0]), as_mask([1, 0], [0, 0]))
     metrics.update(as_logits([1, 1], [1, 1]), as_mask([1, 1], [1, 0]))
     result = metrics.compute()
-    assert result["iou"] == pytest.approx(4 / 6)  # not the per-image mean 0.625
-    assert result["dice"] == pytest.approx(2 * 4 / (6 + 4))
+    assert result["iou"] == pytest.approx((0.5 + 0.75) / 2)  # the mean over images, the headline
+    assert result["dice"] == pytest.approx((2 / 3 + 6 / 7) / 2)
+    assert result["pooled_iou"] == pytest.approx(4 / 6)  # summed intersections / summed unions
+    # An empty prediction of an empty truth is a perfect image, as in portraitseg.scoring.
+    empty = SegmentationMetrics()
+    empty.update(as_logits([0, 0], [0, 0]), as_mask([0, 0], [0, 0]))
+    empty.update(as_logits([1, 1], [1, 1]), as_mask([1, 1], [1, 0]))
+    assert empty.compute()["iou"] == pytest.approx((1.0 + 0.75) / 2)
     # One batch of both images gives the same sums.
     together = SegmentationMetrics()
     together.update(

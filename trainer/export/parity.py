@@ -1,7 +1,7 @@
 """The parity guard: an artefact and fp32 PyTorch scored on the same validation photos.
 
 Both are predictors (`Runner.as_predictor()`) scored by `trainer.harness.score`, the scoring of
-`trainer evaluate`: at ground-truth resolution, person IoU pooled over the photos. So the IoU an
+`trainer evaluate`: at ground-truth resolution, person IoU, the mean over photos. So the IoU an
 artefact gets here is the one `trainer evaluate --set val --max-images N` gives it. Besides
 both IoUs and the drop `reference IoU - artefact IoU` (above `max_iou_drop` the artefact
 fails), the two probability maps are compared at every pixel of every photo: the largest and

@@ -8,7 +8,7 @@ members' maps so that callers can measure that disagreement per pixel.
 
 import numpy as np
 
-from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.teachers.base import Teacher, TeacherError
 
 
 class EnsembleTeacher(Teacher):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from datatool import teacher_files
+from portraitseg import teacher_files
 from datatool.cli import main
-from datatool.teacher_files import (
+from portraitseg.teacher_files import (
     DEEPLABV3_WEIGHTS_URLS,
     MODELS,
     ModelFetchError,

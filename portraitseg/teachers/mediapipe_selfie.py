@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from datatool.teachers import TeacherOptions, register
-from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.teachers import TeacherOptions, register
+from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.litert import TfliteFileError, open_tflite
 from portraitseg.resize import resize_probability, stretch
 
-MODEL_NAME = "mediapipe-selfie"  # the datatool.teacher_files registry entry
+MODEL_NAME = "mediapipe-selfie"  # the portraitseg.teacher_files registry entry
 INPUT_SHAPE = (1, 256, 256, 3)
 
 
@@ -48,7 +48,7 @@ class MediaPipeSelfieTeacher(Teacher):
     def build(cls, argument: str | None, options: TeacherOptions) -> "MediaPipeSelfieTeacher":
         if argument is not None:
             raise TeacherError(f"{cls.name} takes no argument (got {cls.name}:{argument})")
-        from datatool.teacher_files import model_path
+        from portraitseg.teacher_files import model_path
 
         return cls(model_path(MODEL_NAME, options.models_dir), options.threads)
 

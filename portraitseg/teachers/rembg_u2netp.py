@@ -4,7 +4,7 @@ What comes from rembg and what does not, read from rembg/sessions/u2netp.py and 
 - Model loading: `U2netpSession` looks for `u2netp.onnx` under `$U2NET_HOME` (first
   `<home>/models/u2netp/u2netp.onnx`, then `<home>/u2netp.onnx`) and uses a file it finds
   there without checking it; only a missing file makes it download (pooch, with an md5). So
-  `U2NET_HOME` is pointed at the folder of the verified cached file from `datatool.teacher_files`
+  `U2NET_HOME` is pointed at the folder of the verified cached file from `portraitseg.teacher_files`
   (checked by sha256 there) while the session is created, and rembg never downloads.
 - Pre-processing: rembg's own `session.normalize` (resize to 320x320 with Lanczos, divide by
   the image's maximum, ImageNet mean/std, NCHW float32). The photo is first shrunk to
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datatool.teachers import TeacherOptions, register
-from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.teachers import TeacherOptions, register
+from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.resize import resize_image, resize_probability
 
-MODEL_NAME = "rembg-u2netp"  # the datatool.teacher_files registry entry
+MODEL_NAME = "rembg-u2netp"  # the portraitseg.teacher_files registry entry
 MODEL_FILENAME = "u2netp.onnx"  # the name rembg looks for
 INPUT_SIZE = 320
 # rembg's U2netpSession.predict passes these to normalize (ImageNet statistics).
@@ -57,7 +57,7 @@ class RembgTeacher(Teacher):
     def build(cls, argument: str | None, options: TeacherOptions) -> "RembgTeacher":
         if argument is not None:
             raise TeacherError(f"{cls.name} takes no argument (got {cls.name}:{argument}); it runs u2netp")
-        from datatool.teacher_files import model_path
+        from portraitseg.teacher_files import model_path
 
         return cls(model_path(MODEL_NAME, options.models_dir), device=options.device, threads=options.threads)
 

@@ -7,7 +7,7 @@ logits to its input size; the person probability is the softmax over the 21 clas
 15 (`person` in the weights' categories), which is then resized to the photo.
 
 The model is built with `weights=None, weights_backbone=None` (torchvision would download
-otherwise) and the weights are loaded from the file `datatool.teacher_files.deeplabv3_weights` finds.
+otherwise) and the weights are loaded from the file `portraitseg.teacher_files.deeplabv3_weights` finds.
 """
 
 import pickle
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datatool.teachers import TeacherOptions, register
-from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.teachers import TeacherOptions, register
+from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.resize import resize_image, resize_probability
 
 VARIANTS = ("resnet50", "resnet101", "mobilenet_v3_large")
@@ -48,7 +48,7 @@ class DeepLabV3Teacher(Teacher):
 
     @classmethod
     def build(cls, argument: str | None, options: TeacherOptions) -> "DeepLabV3Teacher":
-        from datatool.teacher_files import deeplabv3_weights
+        from portraitseg.teacher_files import deeplabv3_weights
 
         variant = argument or DEFAULT_VARIANT
         if variant not in VARIANTS:

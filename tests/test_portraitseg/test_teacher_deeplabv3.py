@@ -11,10 +11,10 @@ import pytest
 import torch
 from teacher_samples import astronaut
 
-from datatool.teacher_files import ModelMissingError, deeplabv3_weights
-from datatool.teachers import create_teacher
-from datatool.teachers.base import TeacherError
-from datatool.teachers.deeplabv3 import MEAN, PERSON_CLASS, DeepLabV3Teacher, build_model
+from portraitseg.teacher_files import ModelMissingError, deeplabv3_weights
+from portraitseg.teachers import create_teacher
+from portraitseg.teachers.base import TeacherError
+from portraitseg.teachers.deeplabv3 import MEAN, PERSON_CLASS, DeepLabV3Teacher, build_model
 
 
 class LeftHalfPersonNet(torch.nn.Module):

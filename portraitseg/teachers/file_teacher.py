@@ -25,7 +25,7 @@ of C scores) and gives 1 where it equals `person_class`. One-channel outputs nee
 `person_class` for `sigmoid`/`probability`.
 
 The model file is looked up at `model` and then, by file name, in the model cache
-(`--teacher-files`, default `datatool.teacher_files.cache_dir()`), so a user can keep the shipped spec and
+(`--teacher-files`, default `portraitseg.teacher_files.cache_dir()`), so a user can keep the shipped spec and
 put the file in their cache. A missing file raises `ModelMissingError` with `how_to_get`.
 """
 
@@ -38,8 +38,8 @@ from typing import ClassVar
 import numpy as np
 import yaml
 
-from datatool.teachers import SPECS_DIR, TeacherOptions, list_specs, register
-from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.teachers import SPECS_DIR, TeacherOptions, list_specs, register
+from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.litert import TfliteFileError, open_tflite
 from portraitseg.resize import Placement, letterbox, resize_probability, stretch
 
@@ -83,7 +83,7 @@ class FileTeacherSpec:
 
     def model_candidates(self, models_dir: Path | None) -> list[Path]:
         """Where the model file may be: as the spec says, then by file name in the model cache."""
-        from datatool.teacher_files import cache_dir
+        from portraitseg.teacher_files import cache_dir
 
         written = Path(self.model).expanduser()
         spec_relative = written if written.is_absolute() else self.path.parent / written
@@ -289,7 +289,7 @@ def resolve_spec_path(argument: str | None, runtime: str) -> Path:
 
 def find_model_file(spec: FileTeacherSpec, models_dir: Path | None) -> Path:
     """The spec's model file (verified when the spec pins a sha256), or `ModelMissingError`."""
-    from datatool.teacher_files import ModelMissingError, file_sha256
+    from portraitseg.teacher_files import ModelMissingError, file_sha256
 
     candidates = spec.model_candidates(models_dir)
     for candidate in candidates:

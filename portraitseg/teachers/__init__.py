@@ -6,18 +6,18 @@ A spec is a teacher name with an optional argument after a colon, or several joi
     rembg                                 U^2-Net-p through the rembg library
     deeplabv3[:VARIANT]                   torchvision DeepLabV3; resnet50 (default), resnet101, mobilenet_v3_large
     tflite:SPEC  /  onnx:SPEC             a model file described by a YAML spec: a path, or the
-                                          name of a spec shipped in datatool/teachers/specs/
+                                          name of a spec shipped in portraitseg/teachers/specs/
     mediapipe-selfie+rembg+tflite:deeplabv3-mnv2-pascal    an ensemble (mean of the members)
 
 Options (keyword arguments of `create_teacher`) go to every member that uses them:
-`models_dir` (the model cache, see `datatool.teacher_files`), `weights` (deeplabv3: `default` or a
+`models_dir` (the model cache, see `portraitseg.teacher_files`), `weights` (deeplabv3: `default` or a
 file), `device` (`cpu`, `cuda`, ...) and `threads` (CPU threads of a LiteRT or ONNX Runtime model).
 """
 
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from datatool.teachers.base import Teacher, TeacherError
+from portraitseg.teachers.base import Teacher, TeacherError
 
 TEACHERS: dict[str, type[Teacher]] = {}
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
@@ -29,7 +29,7 @@ ARGUMENT_SEPARATOR = ":"
 class TeacherOptions:
     """What a teacher may need beyond its spec; each teacher reads the fields it uses."""
 
-    models_dir: Path | None = None  # model cache; None = datatool.teacher_files.cache_dir()
+    models_dir: Path | None = None  # model cache; None = portraitseg.teacher_files.cache_dir()
     weights: str | Path = "default"  # deeplabv3: torchvision's cached weights or a state-dict file
     device: str = "cpu"  # torch device; ONNX Runtime uses CUDA for "cuda..."; LiteRT always runs on the CPU
     threads: int | None = None  # LiteRT / ONNX Runtime CPU threads; None = the runtime's default
@@ -56,7 +56,7 @@ def create_teacher(spec: str, **options) -> Teacher:
     members = [TEACHERS[name].build(argument, teacher_options) for name, argument in parsed]
     if len(members) == 1:
         return members[0]
-    from datatool.teachers.ensemble import EnsembleTeacher
+    from portraitseg.teachers.ensemble import EnsembleTeacher
 
     return EnsembleTeacher(members)
 
@@ -97,7 +97,7 @@ def _parse_options(options: dict) -> TeacherOptions:
 
 def _load_builtin_teachers() -> None:
     # Imported here, not at module top, because each teacher imports `register` from this module.
-    from datatool.teachers import deeplabv3, file_teacher, mediapipe_selfie, rembg_u2netp  # noqa: F401
+    from portraitseg.teachers import deeplabv3, file_teacher, mediapipe_selfie, rembg_u2netp  # noqa: F401
 
 
 __all__ = ["TEACHERS", "Teacher", "TeacherError", "TeacherOptions", "create_teacher", "list_specs", "list_teachers", "register"]

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from teacher_samples import astronaut, cached_model, iou, people_dev_samples
 
-from datatool.teacher_files import ModelMissingError
-from datatool.teachers import TEACHERS, Teacher, create_teacher, list_specs, list_teachers
-from datatool.teachers.base import TeacherError
-from datatool.teachers.ensemble import EnsembleTeacher
+from portraitseg.teacher_files import ModelMissingError
+from portraitseg.teachers import TEACHERS, Teacher, create_teacher, list_specs, list_teachers
+from portraitseg.teachers.base import TeacherError
+from portraitseg.teachers.ensemble import EnsembleTeacher
 from portraitseg.predictor import Predictor
 from portraitseg.resize import letterbox, resize_image, resize_probability, stretch
 
@@ -272,7 +272,7 @@ def test_rembg_matches_rembg_predict_on_a_portrait(rembg):
 
 def test_rembg_sets_u2net_home_only_while_loading(rembg):
     before = os.environ.get("U2NET_HOME")
-    from datatool.teachers.rembg_u2netp import RembgTeacher
+    from portraitseg.teachers.rembg_u2netp import RembgTeacher
 
     teacher = RembgTeacher(rembg.model_file)
     assert os.environ.get("U2NET_HOME") == before
@@ -280,7 +280,7 @@ def test_rembg_sets_u2net_home_only_while_loading(rembg):
 
 
 def test_rembg_needs_the_file_name_rembg_looks_for(tmp_path):
-    from datatool.teachers.rembg_u2netp import RembgTeacher
+    from portraitseg.teachers.rembg_u2netp import RembgTeacher
 
     other = tmp_path / "model.onnx"
     other.write_bytes(b"x")

@@ -10,8 +10,8 @@ argmax -> person class) so that callers see one contract:
 That contract, with `input_size`, is `portraitseg.predictor.Predictor`: a teacher is scored and
 timed as a student is (`trainer evaluate` runs one as its reference).
 
-Teachers are built by name with `create_teacher` (see `datatool.teachers`); model files come
-from `datatool.teacher_files`, never from a download inside a teacher.
+Teachers are built by name with `create_teacher` (see `portraitseg.teachers`); model files come
+from `portraitseg.teacher_files`, never from a download inside a teacher.
 """
 
 from abc import ABC, abstractmethod

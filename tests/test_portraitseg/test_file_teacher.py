@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper
 from teacher_samples import SHARED_DEEPLAB, astronaut, cached_model, iou, people_dev_samples, shared_deeplab
 
-from datatool.teacher_files import ModelMissingError
-from datatool.teachers import SPECS_DIR, create_teacher, list_specs
-from datatool.teachers.base import TeacherError
-from datatool.teachers.file_teacher import load_spec
+from portraitseg.teacher_files import ModelMissingError
+from portraitseg.teachers import SPECS_DIR, create_teacher, list_specs
+from portraitseg.teachers.base import TeacherError
+from portraitseg.teachers.file_teacher import load_spec
 
 SIZE = 16  # model input side of the tiny test models
 
@@ -352,7 +352,7 @@ def test_shipped_deeplab_spec_is_valid():
 
 
 def test_shipped_deeplab_spec_without_the_file_says_how_to_get_it(tmp_path, monkeypatch):
-    from datatool.teachers import file_teacher
+    from portraitseg.teachers import file_teacher
 
     spec = load_spec(SPECS_DIR / "deeplabv3-mnv2-pascal.yaml")
     # As on a user's machine: the spec's relative path leads nowhere and the cache is empty.
