@@ -175,6 +175,9 @@ class DefaultFrom(click.Option):
     def get_help_extra(self, ctx: click.Context) -> Any:
         extra = super().get_help_extra(ctx)
         default = default_of(self.defaults, self.field)
-        shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default).replace("None", "none")
+        if isinstance(default, (tuple, list)):
+            shown = " ".join(map(str, default)) or "[]"
+        else:
+            shown = str(default).replace("None", "none")
         extra["default"] = f"{self.params_key} of --params, else {shown}" if self.params_key else shown
         return extra

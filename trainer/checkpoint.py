@@ -153,8 +153,10 @@ def load_init_weights(model: nn.Module, path: str | Path, name: str, options: di
 
     An init file is either `trainer import-encoder`'s output ({"state_dict", "model",
     "model_options", ...}: part of a model) or a training checkpoint (fine-tuning a previous run).
-    Every tensor it holds must exist in `model` with the same shape: a silent partial load would
-    train from scratch while claiming to start from pretrained weights.
+    Every tensor it holds must exist in `model` with the same name and shape: a silent partial
+    load would train from scratch while claiming to start from pretrained weights. The model it
+    was made for may differ: `mobile_unet` and `lraspp_mnv2` share their encoder's tensors, so
+    one imported encoder starts either.
     """
     path = Path(path)
     if not path.is_file():
@@ -164,18 +166,14 @@ def load_init_weights(model: nn.Module, path: str | Path, name: str, options: di
         saved = {"state_dict": saved["model"], "model": saved["model_name"], "model_options": saved["model_options"]}
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
         raise CheckpointError(f"train.init_weights: {path} holds no state_dict (expected `trainer import-encoder` output or a checkpoint)")
-    if saved.get("model") != name or saved.get("model_options") != options:
-        raise CheckpointError(
-            f"train.init_weights: {path} was made for {saved.get('model')} {saved.get('model_options')}, "
-            f"but this run trains {name} {options}; set train.model and train.model_options to match"
-        )
     own = model.state_dict()
     unknown = sorted(key for key in saved["state_dict"] if key not in own)
     reshaped = sorted(key for key, value in saved["state_dict"].items() if key in own and own[key].shape != value.shape)
-    if unknown or reshaped:
+    if unknown or reshaped or not saved["state_dict"]:
         raise CheckpointError(
-            f"train.init_weights: {path} does not fit {name}: {len(unknown)} unknown tensors "
-            f"{unknown[:3]}, {len(reshaped)} of another shape {reshaped[:3]}"
+            f"train.init_weights: {path} was made for {saved.get('model')} {saved.get('model_options')} and does not "
+            f"fit this run's {name} {options}: {len(unknown)} unknown tensors {unknown[:3]}, {len(reshaped)} of "
+            f"another shape {reshaped[:3]}; set train.model and train.model_options to a model it fits"
         )
     model.load_state_dict(saved["state_dict"], strict=False)
     return {key for key, _ in model.named_parameters() if key in saved["state_dict"]}

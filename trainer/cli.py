@@ -128,7 +128,9 @@ def train(
     "tflite_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="A DeepLabV3-MobileNetV2 TFLite file, e.g. ../shared/weights/deeplabv3_mnv2_pascal_quant.tflite.",
+    help="A quantized MobileNetV2 TFLite file: DeepLabV3 on PASCAL VOC (deeplabv3_mnv2_pascal_quant.tflite, width "
+    "1.0; deeplabv3_mnv2_dm05_pascal_quant.tflite, width 0.5) or the ImageNet classifier "
+    "(mobilenet_v2_1.0_224_quant.tflite), e.g. in ../shared/weights. The width comes from the file.",
 )
 @click.option(
     "--images",
@@ -139,24 +141,52 @@ def train(
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .pt file to write.")
 def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
-    """Pretrained mobile_unet (width 1.0) encoder weights from a DeepLab MobileNetV2 TFLite file.
+    """Pretrained mobile_unet encoder weights from a MobileNetV2 TFLite file (DeepLabV3 or ImageNet classifier).
 
-    Use the output as `train.init_weights` with `model=mobile_unet model_options.width_mult=1.0`.
+    The width (1.0 or 0.5) and the source kind come from the file; use the output as
+    `train.init_weights` with `model=mobile_unet model_options.width_mult=<the printed width>`.
     """
-    from trainer.models.deeplab_encoder import EncoderImportError, import_deeplab_encoder
+    from trainer.models.encoder_import import EncoderImportError, import_mobilenet_encoder
 
     try:
-        summary = import_deeplab_encoder(tflite_path, images_dir, output)
+        summary = import_mobilenet_encoder(tflite_path, images_dir, output)
     except EncoderImportError as error:
         raise click.ClickException(str(error)) from error
     click.echo(
-        f"{summary['convolutions']} convolutions of {summary['source']} -> {summary['tensors']} tensors of "
-        f"{summary['model']} {summary['model_options']} encoder; stride-16 features vs the TFLite interpreter: "
-        f"correlation {summary['check_correlation']:.4f} on {summary['check_image']}; BatchNorm calibrated on "
-        f"{summary['calibration_images']} photos -> {output}"
+        f"{summary['source_kind']} {summary['source']} (MobileNetV2 width {summary['model_options']['width_mult']}): "
+        f"{summary['convolutions']} convolutions -> "
+        f"{summary['tensors']} tensors of {summary['model']} {summary['model_options']} encoder "
+        f"({len(summary['widened'])} widened to torchvision's channel rounding); stride-16 features vs the TFLite "
+        f"interpreter: correlation {summary['check_correlation']:.4f} on {summary['check_image']}; BatchNorm "
+        f"calibrated on {summary['calibration_images']} photos; {summary['seconds']:.1f} s -> {output}"
     )
     for skipped in summary["skipped_images"]:
         click.echo(f"  skipped {skipped['file']}: {skipped['reason']}", err=True)
+
+
+@main.command()
+@click.argument("artefact")
+@click.option("--size", type=click.IntRange(min=16), help="Input side of a checkpoint in px.  [default: its training size]")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="CPU threads of the runtime.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many of the slowest layers to list.")
+@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True, help="Timed runs after warm-up.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the whole profile as JSON.")
+def profile(artefact: str, size: int | None, threads: int, top: int, runs: int, output: Path | None) -> None:
+    """Where ARTEFACT's CPU time goes: time per operator type and the slowest layers (Markdown).
+
+    ARTEFACT is a checkpoint (best.pt), an .onnx or .tflite file, or `mediapipe-selfie` (the
+    cached teacher file). PyTorch uses torch.profiler, ONNX Runtime its own profiler, LiteRT
+    times each operator cut out of the model with XNNPACK; the header says what was measured.
+    """
+    from trainer.profile import ProfileError, format_profile, profile_artefact, write_profile_json
+
+    try:
+        result = profile_artefact(artefact, threads=threads, runs=runs, size=size)
+        click.echo(format_profile(result, top))
+        if output:
+            click.echo(f"-> {write_profile_json(result, output)}")
+    except (ProfileError, OSError) as error:  # OSError: the JSON file cannot be written
+        raise click.ClickException(str(error)) from error
 
 
 @main.command()
@@ -197,6 +227,10 @@ def runs(models_dir: Path, output: Path | None) -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True)
 @setting_option("--threads", key="evaluate.threads", type=int, help="CPU threads of every runtime.")
 @setting_option("--max-images", key="evaluate.max_images", type=int, help="Evaluate the first N images only (0 = all).")
+@setting_option(
+    "--source", "sources", key="evaluate.sources", multiple=True,
+    help="Evaluate only rows of this source (e.g. people-dev); repeatable.",
+)  # fmt: skip
 @params_option("YAML file whose `evaluate:` section sets band width, threads, warm-up, repeats, reference (absent = defaults).")
 @click.option(
     "--teacher-files",
@@ -212,6 +246,7 @@ def evaluate(
     output: Path,
     threads: int | None,
     max_images: int | None,
+    sources: tuple[str, ...],
     params_path: Path | None,
     model_cache: Path | None,
 ) -> None:
@@ -220,7 +255,7 @@ def evaluate(
     from trainer.evaluate import EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts
     from trainer.evaluation_report import write_reports
 
-    overrides = {"set": set_name, "threads": threads, "max_images": max_images}
+    overrides = {"set": set_name, "threads": threads, "max_images": max_images, "sources": list(sources) or None}
     try:
         config = load_section(params_path, "evaluate", EvaluateConfig, overrides)
     except ConfigError as error:

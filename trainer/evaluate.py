@@ -52,6 +52,7 @@ class EvaluateConfig:
     """The `evaluate:` section of params.yaml (`portraitseg.params.load_section`); the only place its defaults live."""
 
     set: str = "test"  # which manifest of the split: test.jsonl
+    sources: list[str] = dataclasses.field(default_factory=list)  # only rows of these sources (e.g. [people-dev]); [] = all
     boundary_width: int = 2  # px tolerance of the boundary F-score (DAVIS-style band)
     threads: int = 2  # CPU threads of every runtime, the reference included (a fair, fixed count)
     warmup: int = WARMUP_CALLS  # untimed calls first: allocations, XNNPACK weight packing, caches
@@ -219,7 +220,8 @@ class EvaluationResult:
     not_verified: list[str] = dataclasses.field(default_factory=list)  # "PATH: not verified here: reason"
 
 
-def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str, Any]]:
+def load_rows(split_dir: Path, set_name: str, max_images: int, sources: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of the split's `set_name` manifest, of `sources` only when given, the first `max_images` (0 = all)."""
     manifest = Path(split_dir) / f"{set_name}.jsonl"
     if not manifest.is_file():
         raise EvaluationError(f"no {manifest}; run `datatool split` (or `dvc repro split`) or pass --split-dir DIR")
@@ -227,6 +229,13 @@ def load_rows(split_dir: Path, set_name: str, max_images: int) -> list[dict[str,
         rows = read_split(split_dir, set_name)
     except SplitError as error:
         raise EvaluationError(str(error)) from error
+    if sources:
+        found = sorted({str(row.get("source")) for row in rows})
+        rows = [row for row in rows if row.get("source") in sources]
+        if not rows:
+            raise EvaluationError(
+                f"{manifest} has no row of sources {', '.join(sources)}; its sources are {', '.join(found)}"
+            )
     return rows[:max_images] if max_images else rows
 
 
@@ -251,7 +260,7 @@ def evaluate(
             "no artefacts to evaluate: pass --artefact PATH (a best.pt or an exported file) or --models-dir DIR "
             "holding <model>/best.pt (train one with `trainer train`)"
         )
-    rows = load_rows(split_dir, config.set, config.max_images)
+    rows = load_rows(split_dir, config.set, config.max_images, config.sources)
     use_threads(config.threads)
     size_cache: dict = {}
     candidates, not_verified = [], []

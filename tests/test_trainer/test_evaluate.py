@@ -22,7 +22,9 @@ from trainer.checkpoint import load_model
 from trainer.cli import main
 from trainer.complexity import count_macs, count_parameters
 from trainer.config import TrainConfig
-from trainer.evaluate import EvaluateConfig, discover_artefacts, evaluate, expand_artefacts, model_name_of
+from trainer.evaluate import (
+    EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts, load_rows, model_name_of,
+)  # fmt: skip
 from trainer.harness import QualityMetrics, score, time_predictors
 from trainer.models import MODELS, SegmentationModel
 from trainer.train import fit
@@ -224,6 +226,16 @@ def test_config_rejects_unknown_keys_and_wrong_types():
 
 
 # --- artefacts and the command ---------------------------------------------------------------
+
+
+def test_sources_pick_the_rows_of_one_source(tmp_path):
+    rows = [{"id": f"{source}{i}", "set": source, "image": "i.jpg", "mask": "m.png", "source": source}
+            for source in ("people-dev", "synth") for i in range(3)]  # fmt: skip
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [row["id"] for row in load_rows(tmp_path, "test", 0, ["people-dev"])] == ["people-dev0", "people-dev1", "people-dev2"]
+    assert len(load_rows(tmp_path, "test", 2, ["synth"])) == 2 and len(load_rows(tmp_path, "test", 0)) == 6
+    with pytest.raises(EvaluationError, match="no row of sources photos; its sources are people-dev, synth"):
+        load_rows(tmp_path, "test", 0, ["photos"])
 
 
 def test_discovery_follows_the_models_layout(models_dir):

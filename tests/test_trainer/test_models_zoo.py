@@ -19,6 +19,8 @@ PARAMETER_RANGES = {
     "blazeseg": (140_000, 180_000),  # the seed notes' ~0.16 M
     "mobile_unet": (400_000, 650_000),
     "mobile_unet_v3": (750_000, 1_050_000),
+    "lraspp_mnv2": (450_000, 600_000),  # the encoder of mobile_unet (width 0.5) and a 128-channel head
+    "lraspp_mnv3": (2_600_000, 3_100_000),  # MobileNetV3-Large, as torchvision's lraspp_mobilenet_v3_large
     "ffnet_mobile": (850_000, 1_150_000),  # ~1 M as in FFNet's mobile models
     "portraitnet": (1_700_000, 2_200_000),  # MobileNetV2 1.0 without its 1280-channel head
     "efficientnet_lite": (2_700_000, 3_300_000),
@@ -132,7 +134,7 @@ def test_typo_lists_the_registered_names():
         create_model("blazseg")
 
 
-@pytest.mark.parametrize("name", ["blazeseg", "ffnet_mobile", "efficientnet_lite", "mobile_unet"])
+@pytest.mark.parametrize("name", ["blazeseg", "ffnet_mobile", "efficientnet_lite", "mobile_unet", "lraspp_mnv2"])
 def test_pretrained_without_weights_is_refused_before_any_download(name):
     # mobile_unet's default width 0.5 has no torchvision weights; the others none at all.
     with pytest.raises(ValueError, match="pretrained|width 1.0 only"):
@@ -156,3 +158,20 @@ def test_blazeseg_needs_only_a_multiple_of_16():
     assert model.output_stride == 16
     with torch.inference_mode():
         assert model(torch.randn(1, 3, 144, 144)).shape == (1, 1, 144, 144)
+
+
+def test_lraspp_runs_its_last_stage_dilated_at_stride_16_and_shares_mobile_unets_encoder():
+    model = create_model("lraspp_mnv2").eval()
+    assert model.output_stride == 16
+    with torch.inference_mode():
+        features = model.encoder(torch.randn(1, 3, 144, 256))  # MediaPipe's landscape shape
+        assert [f.shape[-1] for f in features] == [128, 64, 32, 16, 16]
+        assert model(torch.randn(1, 3, 144, 256)).shape == (1, 1, 144, 256)
+    assert create_model("lraspp_mnv2", dilated=False).output_stride == 32
+    with pytest.raises(ValueError, match="low_stride must be one of 4, 8"):
+        create_model("lraspp_mnv2", low_stride=2)
+    # The same tensor names as mobile_unet's encoder: one `trainer import-encoder` file starts either.
+    unet_encoder = create_model("mobile_unet").encoder.state_dict()
+    lraspp_encoder = model.encoder.state_dict()
+    assert unet_encoder.keys() == lraspp_encoder.keys()
+    assert all(unet_encoder[key].shape == lraspp_encoder[key].shape for key in unet_encoder)

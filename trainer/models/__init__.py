@@ -19,7 +19,7 @@ from trainer.models.base import SegmentationModel
 __all__ = ["ModelError", "SegmentationModel", "create_model", "is_model", "list_models", "register_model"]
 
 # One module per family; imported on first use so `import trainer.models` stays cheap.
-FAMILY_MODULES = ("blazeseg", "mobile_unet", "ffnet_mobile", "portraitnet", "efficientnet_lite")
+FAMILY_MODULES = ("blazeseg", "mobile_unet", "lraspp", "ffnet_mobile", "portraitnet", "efficientnet_lite")
 
 MODELS: dict[str, Callable[..., SegmentationModel]] = {}
 
