@@ -24,6 +24,7 @@ ENTRY_MODULES = {
     "synth": ["datatool.synth"],
     "boundary": ["datatool.boundary"],
     "split": ["datatool.split"],
+    "encoder": ["trainer.models.encoder_import", "trainer.checkpoint"],
     "train": ["trainer.train"],
     "quantize": ["trainer.export.calibration", "trainer.export.pipeline"],
     "export": ["trainer.export.pipeline"],

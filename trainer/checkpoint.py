@@ -38,6 +38,7 @@ METRICS_FILE = "metrics.json"
 LIVE_DIR = "live"
 
 CHECKPOINT_FORMAT = "portraitseg-train/1"
+NO_ENCODER = "none"  # the source_kind of an init file that holds no weights (`write_no_encoder`)
 CHECKPOINT_HINT = "pass a best.pt or last.pt written by `trainer train`"
 INIT_WEIGHTS_HINT = "pass a `trainer import-encoder` output or a best.pt written by `trainer train`"
 
@@ -148,6 +149,18 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     return model.eval(), state
 
 
+def write_no_encoder(output: Path, reason: str) -> None:
+    """An init file that says "no pretrained encoder": `trainer train` starts from random weights.
+
+    The pipeline's `encoder` stage writes it when no TFLite file is configured, so that `train`
+    can always name the stage's output as a dependency, and switching the encoder on or off is a
+    params change that DVC sees.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "source_kind": NO_ENCODER, "reason": reason, "model": None, "model_options": None}, output)
+
+
 def load_init_weights(model: nn.Module, path: str | Path, name: str, options: dict[str, Any]) -> set[str]:
     """Copy the tensors of an init file into `model`; returns the names of the parameters it set.
 
@@ -162,6 +175,8 @@ def load_init_weights(model: nn.Module, path: str | Path, name: str, options: di
     if not path.is_file():
         raise CheckpointError(f"train.init_weights: no file at {path} (make one with `trainer import-encoder`)")
     saved = read_weights(path, f"train.init_weights: {path} is not a readable weights file", INIT_WEIGHTS_HINT)
+    if isinstance(saved, dict) and saved.get("source_kind") == NO_ENCODER and saved.get("state_dict") == {}:
+        return set()  # `trainer import-encoder --tflite ""`: no pretrained encoder, random weights
     if isinstance(saved, dict) and saved.get("format") == CHECKPOINT_FORMAT:
         saved = {"state_dict": saved["model"], "model": saved["model_name"], "model_options": saved["model_options"]}
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):

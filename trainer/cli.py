@@ -86,10 +86,20 @@ def env() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for checkpoints, metrics and plots.  [default: models/<model>]",
 )
+@setting_option(
+    "--init-weights", key="train.init_weights",
+    help="Weights to start from: a `trainer import-encoder` file (one that says `none` starts from random weights) or a best.pt.",
+)  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue from <output>/last.pt.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def train(
-    params_path: Path, split_dir: Path, model: str | None, output: Path | None, resume: bool, overrides: tuple[str, ...]
+    params_path: Path,
+    split_dir: Path,
+    model: str | None,
+    output: Path | None,
+    init_weights: str | None,
+    resume: bool,
+    overrides: tuple[str, ...],
 ) -> None:
     """Train one student on the split manifests.
 
@@ -103,7 +113,9 @@ def train(
     from trainer.train import fit
 
     try:
-        config = load_section(params_path, "train", TrainConfig, {**parse_overrides(overrides), **given(model=model)})
+        config = load_section(
+            params_path, "train", TrainConfig, {**parse_overrides(overrides), **given(model=model, init_weights=init_weights)}
+        )
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     if not is_model(config.model):
@@ -125,12 +137,13 @@ def train(
 @main.command("import-encoder")
 @click.option(
     "--tflite",
-    "tflite_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "tflite_name",
     required=True,
     help="A quantized MobileNetV2 TFLite file: DeepLabV3 on PASCAL VOC (deeplabv3_mnv2_pascal_quant.tflite, width "
     "1.0; deeplabv3_mnv2_dm05_pascal_quant.tflite, width 0.5) or the ImageNet classifier "
-    "(mobilenet_v2_1.0_224_quant.tflite), e.g. in ../shared/weights. The width comes from the file.",
+    "(mobilenet_v2_1.0_224_quant.tflite), e.g. in ../shared/weights. The width comes from the file. An empty "
+    "value writes an init file that says `none`: the student starts from random weights (the pipeline's "
+    "`encoder` stage when `encoder.tflite` is empty).",
 )
 @click.option(
     "--images",
@@ -140,14 +153,21 @@ def train(
     help="Photos (16 are used) for BatchNorm calibration and the check against the TFLite interpreter.",
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .pt file to write.")
-def import_encoder(tflite_path: Path, images_dir: Path, output: Path) -> None:
+def import_encoder(tflite_name: str, images_dir: Path, output: Path) -> None:
     """Pretrained mobile_unet encoder weights from a MobileNetV2 TFLite file (DeepLabV3 or ImageNet classifier).
 
     The width (1.0 or 0.5) and the source kind come from the file; use the output as
-    `train.init_weights` with `model=mobile_unet model_options.width_mult=<the printed width>`.
+    `train.init_weights` (or `trainer train --init-weights`) with `model=mobile_unet` or
+    `lraspp_mnv2` and `model_options.width_mult=<the printed width>`.
     """
+    from trainer.checkpoint import write_no_encoder
     from trainer.models.encoder_import import EncoderImportError, import_mobilenet_encoder
 
+    if not tflite_name.strip():
+        write_no_encoder(output, "no --tflite file given (encoder.tflite is empty)")
+        click.echo(f"no encoder file given: {output} says `none`, so the student starts from random weights")
+        return
+    tflite_path = Path(tflite_name)
     try:
         summary = import_mobilenet_encoder(tflite_path, images_dir, output)
     except EncoderImportError as error:

@@ -331,8 +331,9 @@ def initialise(model: nn.Module, config: TrainConfig, announce: bool) -> set[str
     if not config.init_weights:
         return set()
     initialised = load_init_weights(model, config.init_weights, config.model, config.model_options)
-    if initialised and announce:
-        print(f"init_weights: {len(initialised)} parameter tensors of {config.model} from {config.init_weights}", flush=True)
+    if announce:
+        loaded = f"{len(initialised)} parameter tensors of {config.model}" if initialised else "none (random weights)"
+        print(f"init_weights: {loaded} from {config.init_weights}", flush=True)
     return initialised
 
 

@@ -100,6 +100,22 @@ def test_init_weights_errors_are_clear(tmp_path, split_dir, tiny_model):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_an_empty_tflite_writes_an_init_file_that_says_none(tmp_path, split_dir, tiny_model):
+    # The pipeline's encoder stage with encoder.tflite "": train still names its output, and starts at random.
+    result = CliRunner().invoke(main, ["import-encoder", "--tflite", "", "--images", str(tmp_path), "--output",
+                                       str(tmp_path / "encoder.pt")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "says `none`, so the student starts from random weights" in result.output
+    assert load_init_weights(create_model(TINY), tmp_path / "encoder.pt", TINY, {}) == set()
+    summary = fit(tiny_config(epochs=1, init_weights=str(tmp_path / "encoder.pt")), split_dir, tmp_path / "run",
+                  show_progress=False)  # fmt: skip
+    assert summary["epochs"] == 1
+    # A state_dict-free file that does not say none is still refused.
+    torch.save({"state_dict": {}, "model": TINY, "model_options": {}}, tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_init_weights(create_model(TINY), tmp_path / "empty.pt", TINY, {})
+
+
 # --- the importer's pieces (no TFLite file needed) --------------------------------------------
 
 
