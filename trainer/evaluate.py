@@ -59,6 +59,8 @@ class EvaluateConfig:
     repeats: int = 100  # timed batch-1 calls; the median and p90 are reported
     max_images: int = 0  # 0 = every image of the set
     reference: str = "mediapipe-selfie"  # teacher evaluated beside the students; "" = none
+    teachers: list[str] = dataclasses.field(default_factory=list)  # more teachers scored beside them (e.g. the
+    # ensemble the students learn from); not the speed reference
     overlay_images: int = 6  # rows of reports/overlays.png
     latency_ratio_iou_window: float = 0.01  # the latency ratio takes the best student's fastest artefact
     # whose IoU is within this of that student's best
@@ -133,7 +135,8 @@ class Candidate:
     predictor: Predictor
     params: int | None = None
     macs: int | None = None
-    reference: bool = False
+    reference: bool = False  # the speed reference (evaluate.reference)
+    teacher: bool = False  # a teacher (the reference or one of evaluate.teachers), not a student
     timing: str = ""  # what the latency covers
 
     @property
@@ -186,12 +189,12 @@ def complexity_of(checkpoint: Path, size: int, cache: dict[Path, tuple[int, int]
     return cache[key]
 
 
-def open_reference(spec: str, threads: int, model_cache: Path | None) -> Candidate:
-    """The reference teacher, a predictor like the students, with `threads` threads."""
+def open_teacher(spec: str, threads: int, model_cache: Path | None, reference: bool = True) -> Candidate:
+    """A teacher (the reference, or one more beside it), a predictor like the students, with `threads` threads."""
     try:
         teacher = create_teacher(spec, models_dir=model_cache, threads=threads)
     except (TeacherError, ModelMissingError) as error:
-        raise EvaluationError(f"cannot build the reference {spec}: {error}") from error
+        raise EvaluationError(f"cannot build the {'reference' if reference else 'teacher'} {spec}: {error}") from error
     model_file = getattr(teacher, "model_file", None)
     size = teacher.input_size
     on = f"a photo at its {size}x{size} input" if size else "the first photo at its own size (resizes included)"
@@ -200,7 +203,8 @@ def open_reference(spec: str, threads: int, model_cache: Path | None) -> Candida
         backend="litert-fp32" if spec == "mediapipe-selfie" else "teacher",
         path=Path(model_file) if model_file else Path(spec),
         predictor=teacher,
-        reference=True,
+        reference=reference,
+        teacher=True,
         timing=f"teacher.predict on {on}: the teacher's own pre- and post-processing and model call",
     )
 
@@ -275,8 +279,10 @@ def evaluate(
     if not candidates:
         raise EvaluationError(f"none of the artefacts can run on this machine: {'; '.join(not_verified)}")
     name_candidates(candidates)
+    for spec in config.teachers:
+        candidates.append(open_teacher(spec, config.threads, model_cache, reference=False))
     if config.reference:
-        candidates.append(open_reference(config.reference, config.threads, model_cache))
+        candidates.append(open_teacher(config.reference, config.threads, model_cache))
 
     overlay: dict[str, Any] = {"images": [], "masks": [], "predictions": {c.name: [] for c in candidates}}
     first: list[np.ndarray] = []  # the photo every candidate is timed on
@@ -300,6 +306,7 @@ def evaluate(
                 "model": candidate.model,
                 "backend": candidate.backend,
                 "reference": candidate.reference,
+                "teacher": candidate.teacher,
                 "path": str(candidate.path),
                 "input_size": candidate.size,
                 **metrics,
@@ -342,7 +349,7 @@ def speed_comparison(results: list[dict[str, Any]], iou_window: float) -> dict[s
     """The best student (highest IoU of any of its artefacts) and its fastest artefact that keeps
     its IoU within `iou_window` of that best, against the reference; None without a reference."""
     reference = next((result for result in results if result["reference"]), None)
-    students = [result for result in results if not result["reference"]]
+    students = [result for result in results if not result["teacher"]]
     if reference is None or not students:
         return None
     best_model = max(students, key=lambda result: result["iou"])

@@ -115,6 +115,8 @@ def render_leaderboard(result: EvaluationResult) -> str:
         cells = [format_cell(row, key, template) for _, key, template in COLUMNS]
         if row["reference"]:
             cells[0] = f"**{cells[0]}** (reference)"
+        elif row.get("teacher"):
+            cells[0] = f"{cells[0]} (teacher)"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "What each latency covers:", ""]
     for row in result.rows:

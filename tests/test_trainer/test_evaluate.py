@@ -275,9 +275,12 @@ def test_mediapipe_reference_is_evaluated_beside_the_students(tmp_path, split_di
         model_path("mediapipe-selfie")
     except ModelMissingError as error:
         pytest.skip(f"the MediaPipe model file is not cached here: {error}")
-    config = EvaluateConfig(warmup=1, repeats=3, threads=1, overlay_images=1)
+    # The ensemble-of-one "mediapipe-selfie+mediapipe-selfie" stands in for the teachers the students learn from.
+    config = EvaluateConfig(warmup=1, repeats=3, threads=1, overlay_images=1, teachers=["mediapipe-selfie+mediapipe-selfie"])
     result = evaluate([models_dir / "tiny" / "best.pt"], split_dir, config)
     reference = next(row for row in result.rows if row["reference"])
+    teacher = next(row for row in result.rows if row["teacher"] and not row["reference"])
+    assert teacher["model"] == "mediapipe-selfie+mediapipe-selfie" and teacher["iou"] == pytest.approx(reference["iou"])
     assert (reference["model"], reference["backend"], reference["input_size"]) == ("mediapipe-selfie", "litert-fp32", 256)
     assert 0.0 <= reference["iou"] <= 1.0 and reference["latency_ms"] > 0 and reference["latency_ratio"] == 1.0
     assert result.speed["student"] == "tiny/pytorch-fp32"
@@ -286,7 +289,7 @@ def test_mediapipe_reference_is_evaluated_beside_the_students(tmp_path, split_di
     from trainer.evaluation_report import render_leaderboard
 
     text = render_leaderboard(result)
-    assert "**mediapipe-selfie** (reference)" in text
+    assert "**mediapipe-selfie** (reference)" in text and "mediapipe-selfie+mediapipe-selfie (teacher)" in text
     assert "latency ratio tiny/pytorch-fp32 / mediapipe-selfie at 32x32 vs 256x256" in text
 
 
