@@ -18,18 +18,10 @@ import-encoder` reads, so imported weights see the receptive field they were tra
 
 import torch
 from torch import nn
-from torchvision.models import (
-    MobileNet_V2_Weights,
-    MobileNet_V3_Large_Weights,
-    MobileNet_V3_Small_Weights,
-    mobilenet_v2,
-    mobilenet_v3_large,
-    mobilenet_v3_small,
-)
 
 from trainer.models import register_model
 from trainer.models.base import ConvBNAct, SegmentationModel, StagedEncoder, upsample_to
-from trainer.models.pretrained import torchvision_weights
+from trainer.models.mobile_unet import mobilenet_v2_features, mobilenet_v3_features
 
 LOW_STRIDES = {4: 1, 8: 2}  # stride of the low-level branch -> its index among the encoder's stages
 
@@ -90,20 +82,10 @@ class LRASPP(SegmentationModel):
 @register_model
 def lraspp_mnv2(width_mult: float = 0.5, pretrained: bool = False, **options) -> LRASPP:
     """MobileNetV2 encoder (width 0.5 by default; `trainer import-encoder` files fit) + LR-ASPP head."""
-    if pretrained and width_mult != 1.0:
-        raise ValueError(f"torchvision has ImageNet weights for MobileNetV2 width 1.0 only, not {width_mult}")
-    backbone = mobilenet_v2(weights=torchvision_weights(MobileNet_V2_Weights, pretrained), width_mult=width_mult)
-    return LRASPP(backbone.features[:-1], **options)
+    return LRASPP(mobilenet_v2_features(width_mult, pretrained), **options)
 
 
 @register_model
 def lraspp_mnv3(variant: str = "large", pretrained: bool = False, **options) -> LRASPP:
     """MobileNetV3 ("large" or "small") encoder + LR-ASPP head: torchvision's `lraspp_mobilenet_v3_*` layout."""
-    builders = {
-        "small": (mobilenet_v3_small, MobileNet_V3_Small_Weights),
-        "large": (mobilenet_v3_large, MobileNet_V3_Large_Weights),
-    }
-    if variant not in builders:
-        raise ValueError(f"unknown MobileNetV3 variant {variant!r}; choose one of {', '.join(builders)}")
-    build, weights = builders[variant]
-    return LRASPP(build(weights=torchvision_weights(weights, pretrained)).features[:-1], **options)
+    return LRASPP(mobilenet_v3_features(variant, pretrained), **options)

@@ -100,18 +100,15 @@ class MobileUNet(SegmentationModel):
         return upsample_to(self.head(self.decoder(features)), x)  # (N, num_classes, H, W)
 
 
-@register_model
-def mobile_unet(width_mult: float = 0.5, pretrained: bool = False, **options) -> MobileUNet:
-    """MobileNetV2 (width 0.5 by default) encoder + U-Net decoder; ImageNet weights exist for width 1.0 only."""
+def mobilenet_v2_features(width_mult: float, pretrained: bool) -> nn.Sequential:
+    """torchvision's MobileNetV2 `features` without the final 1 x 1 expansion; ImageNet weights for width 1.0 only."""
     if pretrained and width_mult != 1.0:
         raise ValueError(f"torchvision has ImageNet weights for MobileNetV2 width 1.0 only, not {width_mult}")
-    backbone = mobilenet_v2(weights=torchvision_weights(MobileNet_V2_Weights, pretrained), width_mult=width_mult)
-    return MobileUNet(backbone.features[:-1], **options)
+    return mobilenet_v2(weights=torchvision_weights(MobileNet_V2_Weights, pretrained), width_mult=width_mult).features[:-1]
 
 
-@register_model
-def mobile_unet_v3(variant: str = "small", pretrained: bool = False, **options) -> MobileUNet:
-    """MobileNetV3 ("small" or "large") encoder + U-Net decoder."""
+def mobilenet_v3_features(variant: str, pretrained: bool) -> nn.Sequential:
+    """torchvision's MobileNetV3 ("small" or "large") `features` without the final 1 x 1 expansion."""
     builders = {
         "small": (mobilenet_v3_small, MobileNet_V3_Small_Weights),
         "large": (mobilenet_v3_large, MobileNet_V3_Large_Weights),
@@ -119,5 +116,16 @@ def mobile_unet_v3(variant: str = "small", pretrained: bool = False, **options) 
     if variant not in builders:
         raise ValueError(f"unknown MobileNetV3 variant {variant!r}; choose one of {', '.join(builders)}")
     build, weights = builders[variant]
-    backbone = build(weights=torchvision_weights(weights, pretrained))
-    return MobileUNet(backbone.features[:-1], **options)
+    return build(weights=torchvision_weights(weights, pretrained)).features[:-1]
+
+
+@register_model
+def mobile_unet(width_mult: float = 0.5, pretrained: bool = False, **options) -> MobileUNet:
+    """MobileNetV2 (width 0.5 by default) encoder + U-Net decoder; ImageNet weights exist for width 1.0 only."""
+    return MobileUNet(mobilenet_v2_features(width_mult, pretrained), **options)
+
+
+@register_model
+def mobile_unet_v3(variant: str = "small", pretrained: bool = False, **options) -> MobileUNet:
+    """MobileNetV3 ("small" or "large") encoder + U-Net decoder."""
+    return MobileUNet(mobilenet_v3_features(variant, pretrained), **options)
