@@ -12,8 +12,9 @@ The encoder is `mobile_unet`'s (torchvision `features` without the final expansi
 stages by `StagedEncoder`, so its tensors have the same names and a `trainer import-encoder`
 file loads into either), with the last stage dilated instead of strided: the stride-2
 depthwise convolution that opens it runs at stride 1 and every depthwise convolution of the
-stage at dilation 2. This is how DeepLab ran the MobileNetV2 whose weights `trainer
-import-encoder` reads, so imported weights see the receptive field they were trained with.
+stage at dilation 2. DeepLab ran the MobileNetV2 whose weights `trainer import-encoder` reads
+the same way at output stride 16 (it keeps the stage's first depthwise convolution at dilation
+1), so imported weights see about the receptive field they were trained with.
 """
 
 import torch
