@@ -1,10 +1,13 @@
 """`trainer evaluate`: every artefact (checkpoint or export) and the reference on the same test images.
 
 For each artefact (a `best.pt` checkpoint, an `.onnx`, `.tflite` or TensorRT `.engine` file,
-opened with `trainer.runtime.open_runner`) and for the reference teacher (the MediaPipe selfie
-segmenter by default), all of them `portraitseg.predictor.Predictor`s, it measures in one run:
+opened with `trainer.runtime.open_runner`), for the reference teacher (the MediaPipe selfie
+segmenter by default, the speed reference) and for any more teachers (`evaluate.teachers`, e.g.
+the ensemble the students learn from), all of them `portraitseg.predictor.Predictor`s, it
+measures in one run:
 
-- quality on the split's images at ground-truth resolution (`trainer.harness.score`, the
+- quality on the split's images (all, or those of `evaluate.sources`) at ground-truth
+  resolution, IoU as the mean over photos and pooled (`trainer.harness.score`, the
   scoring of the export parity check too), with the boundary F band width from params;
 - speed: batch-1 latency (`trainer.harness.time_predictors`: median and p90 over `repeats`
   calls after `warmup` calls, `threads` threads in every runtime, the reference's included) of
