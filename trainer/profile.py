@@ -22,8 +22,9 @@ means, and the printed header says which:
   alone would cost a pass the model never makes. Ops with only constant inputs run once at load
   and are not timed. The sum of the parts is printed beside the whole-model time.
 
-Every backend's whole-model latency is the median wall-clock time of runs without a profiler;
-inputs are random (none of these kernels has a data-dependent speed).
+Every backend's whole-model latency is the median wall-clock time of runs without a profiler,
+timed by `trainer.harness.measure_latencies` as `trainer evaluate` times; inputs are random
+(none of these kernels has a data-dependent speed).
 
     profile = profile_artefact("models/blazeseg/export/tflite-fp32.tflite", threads=2, runs=30)
     print(format_profile(profile, top=10))
@@ -141,8 +142,19 @@ def resolve_artefact(artefact: str | Path) -> Path:
     return path
 
 
+def whole_model_ms(run: Callable[[], object], runs: int) -> float:
+    """The whole model's median latency, timed as `trainer evaluate` times (`trainer.harness.measure_latencies`)."""
+    from trainer.harness import measure_latencies
+
+    return measure_latencies({"model": run}, WARMUP_RUNS, runs)["model"]["latency_ms"]
+
+
 def median_run_ms(run: Callable[[], object], runs: int) -> float:
-    """Median wall-clock milliseconds of `run()` over `runs` calls after the warm-up."""
+    """Median wall-clock milliseconds of `run()` over `runs` back-to-back calls after the warm-up.
+
+    For one cut-out operator: back to back keeps its threads and data warm as inside the model
+    (the harness's pauses between blocks would time a cold start of each tiny model instead).
+    """
     for _ in range(WARMUP_RUNS):
         run()
     times = []
@@ -183,7 +195,7 @@ def profile_onnx(runner, threads: int, runs: int) -> Profile:
     import onnxruntime as ort
 
     feed = {runner.input.name: random_tensor(runner.input.shape, np.float32, np.random.default_rng(SEED))}
-    latency = median_run_ms(lambda: runner.session.run(None, feed), runs)
+    latency = whole_model_ms(lambda: runner.session.run(None, feed), runs)
     with tempfile.TemporaryDirectory(prefix="portraitseg-ort-profile-") as folder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -283,7 +295,7 @@ def profile_pytorch(runner, threads: int, runs: int) -> Profile:
     graph = runner.graph
     batch = torch.from_numpy(random_tensor((1, runner.input_size, runner.input_size, 3), np.float32, np.random.default_rng(SEED)))
     with torch.inference_mode():
-        latency = median_run_ms(lambda: graph(batch), runs)
+        latency = whole_model_ms(lambda: graph(batch), runs)
         with LayerRanges(graph) as ranges:
             for _ in range(WARMUP_RUNS):
                 graph(batch)
@@ -337,7 +349,7 @@ def profile_litert(runner, threads: int, runs: int) -> Profile:
     interpreter = runner.interpreter
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], random_tensor(detail["shape"], detail["dtype"], rng))
-    latency = median_run_ms(interpreter.invoke, runs)
+    latency = whole_model_ms(interpreter.invoke, runs)
     model = read_model(runner.path)
     at_load = load_time_ops(model)
     with tempfile.TemporaryDirectory(prefix="portraitseg-litert-profile-") as folder:
