@@ -97,6 +97,29 @@ def test_reduced_precision_artefacts_run_and_are_compared(exported):
     assert exported["tflite-int8"].artefact.stat().st_size < exported["tflite-fp32"].artefact.stat().st_size
 
 
+def test_quantization_aware_training_writes_an_int8_tflite_that_keeps_parity(tiny, exported, tmp_path):
+    split_dir, checkpoint = tiny
+    config = ExportConfig(latency_runs=0, qat_epochs=2, qat_batch_size=4)
+    result = export_checkpoint(checkpoint, "tflite", "int8", tmp_path, split_dir, config)
+    report = result.report
+    assert open_runner(result.artefact).precision == "int8"
+    assert report["quantization"]["method"].startswith("quantization-aware training")
+    assert report["quantization"]["epochs"] == 2 and report["quantization"]["train_images"] == 8
+    assert len(report["quantization"]["epoch_losses"]) == 2 and "calibration" not in report
+    # Trained through fake quantization from the colour rule, it still segments the blobs.
+    assert report["status"] == "passed" and report["iou"] > 0.85, report
+    # ... and is not the post-training artefact under another name: its weights were fine-tuned.
+    assert result.artefact.read_bytes() != exported["tflite-int8"].artefact.read_bytes()
+    assert exported["tflite-int8"].report["quantization"] == {"method": "post-training"}
+
+
+def test_onnx_int8_stays_post_training_when_qat_is_asked(tiny, tmp_path):
+    split_dir, checkpoint = tiny
+    config = ExportConfig(latency_runs=0, qat_epochs=2, validation_images=2)
+    report = export_checkpoint(checkpoint, "onnx", "int8", tmp_path, split_dir, config).report
+    assert report["quantization"] == {"method": "post-training"} and report["calibration"]["images"] == 8
+
+
 def test_tflite_fp16_weights_run_close_to_fp32(exported, tmp_path):
     fp32 = exported["tflite-fp32"].artefact
     fp16 = open_runner(cast_weights_fp16(fp32, tmp_path / "tflite-fp16.tflite"))

@@ -3,7 +3,8 @@
     export_checkpoint(checkpoint, "tflite", "int8", output_dir, split_dir, config, calibration=...)
       ├─ refuse an unsupported format / precision pair (before any work)
       ├─ load the checkpoint (CheckpointError for damaged or foreign files)
-      ├─ build the artefact (int8: calibration samples from --calibration or the split's train set)
+      ├─ build the artefact (int8: calibration samples from --calibration or the split's train set;
+      │  TFLite int8 with export.qat_epochs > 0: quantization-aware training on the train set)
       ├─ score it and fp32 PyTorch on the split's validation photos as `trainer evaluate` scores
       │  (trainer.harness) -> parity numbers (trainer.export.parity)
       └─ write <output_dir>/<format>-<precision>.json next to <format>-<precision>.<suffix>
@@ -23,6 +24,7 @@ from typing import Any
 from trainer.export import tensorrt
 from trainer.export.calibration import load_calibration
 from trainer.export.parity import compare
+from trainer.export.qat import export_tflite_int8_qat
 from trainer.harness import use_threads
 from trainer.runtime import open_runner
 from trainer.checkpoint import load_model
@@ -50,6 +52,11 @@ class ExportConfig:
     seed: int = 0  # which train images calibrate
     threads: int = 2  # CPU threads of every runtime (parity and latency)
     latency_runs: int = 20  # timed batch-1 runs per artefact (0 skips timing), after trainer.harness.WARMUP_CALLS
+    # > 0: the TFLite int8 artefact is fine-tuned this many epochs with quantization-aware training
+    # (trainer.export.qat) on the split's train set instead of calibrated; 0: post-training only
+    qat_epochs: int = 0
+    qat_lr: float = 3e-5  # AdamW learning rate of that fine-tune (about 1% of training's)
+    qat_batch_size: int = 16
 
 
 def supported_pairs() -> str:
@@ -121,16 +128,22 @@ def export_checkpoint(
         )
 
     samples = None
-    if precision == "int8":
+    quantization_aware = fmt == "tflite" and precision == "int8" and config.qat_epochs > 0
+    if precision == "int8" and not quantization_aware:
         source = calibration or split_dir
         samples = load_calibration(source, size, config.calibration_images, config.seed)
         base["calibration"] = {"source": str(source), "images": len(samples)}
+        base["quantization"] = {"method": "post-training"}
 
     if fmt == "tensorrt":
         built = build_tensorrt(model, size, precision, artefact, samples, checkpoint, output_dir, base)
         if built is not None:
             report_path.write_text(json.dumps(built, indent=2) + "\n")
             return ExportResult(name, None, built, report_path)
+    elif quantization_aware:
+        _, base["quantization"] = export_tflite_int8_qat(
+            model, size, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed, artefact
+        )
     else:
         build_artefact(model, size, fmt, precision, artefact, samples)
 
@@ -216,8 +229,10 @@ def summary_line(result: ExportResult) -> str:
     if result.artefact is None:
         return f"{result.name}: {report['status']}; build it with: {report['commands'][0]}"
     latency = f", {report['latency_ms']:.1f} ms" if report.get("latency_ms") is not None else ""
+    quantization = report.get("quantization", {})
+    qat = f" after {quantization['epochs']} QAT epochs" if "epochs" in quantization else ""
     return (
-        f"{result.name}: {report['status']} - max |dp| {report['max_abs_diff']:.2e}, IoU {report['iou']:.4f} vs "
+        f"{result.name}{qat}: {report['status']} - max |dp| {report['max_abs_diff']:.2e}, IoU {report['iou']:.4f} vs "
         f"{report['reference_iou']:.4f} fp32 (drop {report['iou_drop']:+.4f}, allowed {report['max_iou_drop']}), "
         f"{report['size_bytes'] / 1e6:.2f} MB{latency} -> {result.artefact}"
     )

@@ -8,6 +8,8 @@
 - int8: PyTorch 2 Export quantization with litert-torch's `PT2EQuantizer` (symmetric int8,
   weights per channel, histogram observers), calibrated by running the calibration samples
   through the prepared graph, then converted; every op runs in int8 on LiteRT's XNNPack.
+  Quantization-aware training (trainer.export.qat) prepares the same graph for training instead
+  and converts it through the same `write_int8_tflite`.
 """
 
 import contextlib
@@ -70,24 +72,48 @@ def cast_weights_fp16(float_model: Path, output: Path) -> Path:
     return output
 
 
+def int8_quantizer(qat: bool = False):
+    """litert-torch's PT2E quantizer: symmetric int8, weights per channel; `qat` for fake-quantized training."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    class FoldedGraphQuantizer(PT2EQuantizer):
+        # litert-torch annotates conv + batch norm patterns for QAT by tracing them with a torchao
+        # helper that, in torchao 0.18, refuses the function it is given. Our graphs fold batch norm
+        # before export (trainer.export.graph), so those patterns never occur: skip them.
+        STATIC_QAT_ONLY_OPS: list[str] = []
+
+    return FoldedGraphQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
 def export_tflite_int8(model: nn.Module, size: int, samples: np.ndarray, output: Path) -> Path:
     """Static int8 via PT2E: export, insert observers, calibrate on `samples` (N, S, S, 3) uint8, convert."""
-    import litert_torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
+    from torchao.quantization.pt2e import quantize_pt2e
 
     graph = build_inference_graph(model)
-    sample = (example_input(size),)
-    exported = torch.export.export(graph, sample).module()
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    exported = torch.export.export(graph, (example_input(size),)).module()
+    quantizer = int8_quantizer()
     prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for image in samples:
             prepared(torch.from_numpy(image[None].astype(np.float32)))
-    quantized = move_exported_model_to_eval(quantize_pt2e.convert_pt2e(prepared, fold_quantize=False))
+    return write_int8_tflite(prepared, quantizer, size, output)
+
+
+def write_int8_tflite(prepared: torch.fx.GraphModule, quantizer, size: int, output: Path) -> Path:
+    """Convert a calibrated (or quantization-aware trained) PT2E graph and write it as a fully-int8 .tflite."""
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
+
+    move_exported_model_to_eval(prepared)
+    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    # The ops are in eval form now; exported graphs refuse .eval(), so the flag that litert-torch
+    # checks (and warns about) is set by hand.
+    quantized.training = False
     output.parent.mkdir(parents=True, exist_ok=True)
     with quiet_litert():
-        edge_model = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        edge_model = litert_torch.convert(
+            quantized, (example_input(size),), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+        )
         edge_model.export(str(output))
     return output
