@@ -290,6 +290,78 @@ def evaluate(
     click.echo(f"{len(result.rows)} model x backend results on {result.images} images -> {output}/")
 
 
+# --- trainer predict (issue 16) ----------------------------------------------------------------
+@main.command()
+@click.option(
+    "--model", required=True,
+    help="A checkpoint (best.pt), an exported .onnx/.tflite/.engine, or a teacher: mediapipe-selfie, rembg, an ensemble A+B.",
+)  # fmt: skip
+@click.option(
+    "--source", required=True,
+    help="An image or video file, a folder (recursive), a glob ('photos/*.jpg'), a camera index (0), "
+    "a stream URL (rtsp://...) or a .txt file listing those.",
+)  # fmt: skip
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder: OUTPUT/<kind>/<input name>.")
+@click.option(
+    "--save", default="mask", show_default=True,
+    help="Comma-separated outputs: mask (0/255 PNG), matte (soft PNG), cutout (RGBA PNG), blur, replace, overlay.",
+)  # fmt: skip
+@click.option(
+    "--background", default="white", show_default=True,
+    help="For replace: an image file, a folder of images (one per input, in turn) or a colour (white, #00b140, 0,177,64).",
+)  # fmt: skip
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Person where the probability is at least this (mask, overlay).")
+@click.option("--size", type=click.IntRange(min=16), help="A checkpoint's input side in px.  [default: its training size]")
+@click.option(
+    "--fit", type=click.Choice(["stretch", "letterbox"]), default="stretch", show_default=True,
+    help="How a photo meets a student's square input: stretched, as students train (the better IoU), or its aspect kept and padded.",
+)  # fmt: skip
+@click.option(
+    "--edges", type=click.Choice(["guided", "bilinear"]), default="guided", show_default=True,
+    help="Bring the mask to full resolution with a guided filter on the photo (clean edges) or plain bilinear.",
+)  # fmt: skip
+@click.option(
+    "--smooth", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+    help="Video: MediaPipe's temporal smoothing, uncertain pixels keep this share of the previous frame (e.g. 0.7); 0 = off.",
+)  # fmt: skip
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Video frames per model call.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="CPU threads of the runtime.")
+@click.option(
+    "--teacher-files", "model_cache", type=click.Path(file_okay=False, path_type=Path),
+    help="Teacher model files (`datatool teacher-files fetch`).  [default: ~/.cache/portraitseg/teacher-files]",
+)  # fmt: skip
+def predict(
+    model: str, source: str, output: Path, save: str, background: str, threshold: float, size: int | None,
+    fit: str, edges: str, smooth: float, batch: int, threads: int, model_cache: Path | None,
+) -> None:  # fmt: skip
+    """Run a model on photos, folders, videos, a camera or a stream: masks, mattes, cutouts, blurred or replaced backgrounds."""
+    import sys
+
+    from portraitseg.teacher_files import ModelMissingError
+    from portraitseg.teachers import TeacherError
+    from trainer.predict import PredictError, PredictOptions, expand_sources, open_predictor, predict
+    from trainer.runtime import RunnerError
+
+    try:
+        kinds = tuple(kind.strip() for kind in save.split(",") if kind.strip())
+        options = PredictOptions(kinds, threshold, edges, smooth, batch, background)
+        sources = expand_sources(source)
+    except PredictError as error:
+        raise click.UsageError(str(error)) from error
+    try:
+        predictor = open_predictor(model, threads, model_cache, size, fit)
+        summary = predict(predictor, sources, output, options, report=lambda line: click.echo(line, err=True))
+    except (PredictError, RunnerError, TeacherError, ModelMissingError) as error:
+        raise click.ClickException(str(error)) from error
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
+    video = f", {summary.videos} videos ({summary.frames} frames, {summary.fps:.1f} fps)" if summary.videos else ""
+    skipped = f"; {len(summary.skipped)} skipped (see above)" if summary.skipped else ""
+    click.echo(f"{summary.photos} photos{video} -> {summary.written} files in {output}/{skipped}")
+    if not summary.photos and not summary.frames:
+        sys.exit(1)  # nothing could be read: a failed run for scripts
+
+
 # --- export (issue 6 part A) -------------------------------------------------------------------
 
 

@@ -37,11 +37,10 @@ from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
 from portraitseg.records import SplitError, read_split
 from portraitseg.teacher_files import ModelMissingError
-from portraitseg.teachers import TeacherError, create_teacher
+from portraitseg.teachers import TeacherError
 from trainer.complexity import count_macs, count_parameters
 from trainer.harness import WARMUP_CALLS, read_samples, score, time_predictors, use_threads
-
-ARTEFACT_SUFFIXES = (".pt", ".onnx", ".tflite", ".engine")
+from trainer.model_spec import ARTEFACT_SUFFIXES, open_model
 CHECKPOINT_NAME = "best.pt"
 EXPORT_DIR = "export"
 
@@ -154,10 +153,10 @@ class Candidate:
 
 def open_artefact(path: Path, threads: int, size_cache: dict[Path, tuple[int, int]]) -> Candidate:
     """A Candidate for a checkpoint or exported file; RunnerError becomes an EvaluationError naming it."""
-    from trainer.runtime import RunnerError, open_runner
+    from trainer.runtime import RunnerError
 
     try:
-        runner = open_runner(path, threads=threads)
+        runner = open_model(path, threads)
     except RunnerError as error:
         raise EvaluationError(f"cannot evaluate {path}: {error}") from error
     size = int(runner.input_size)
@@ -195,7 +194,7 @@ def complexity_of(checkpoint: Path, size: int, cache: dict[Path, tuple[int, int]
 def open_teacher(spec: str, threads: int, model_cache: Path | None, reference: bool = True) -> Candidate:
     """A teacher (the reference, or one more beside it), a predictor like the students, with `threads` threads."""
     try:
-        teacher = create_teacher(spec, models_dir=model_cache, threads=threads)
+        teacher = open_model(spec, threads, model_cache)
     except (TeacherError, ModelMissingError) as error:
         raise EvaluationError(f"cannot build the {'reference' if reference else 'teacher'} {spec}: {error}") from error
     model_file = getattr(teacher, "model_file", None)
