@@ -4,7 +4,7 @@
       ├─ refuse an unsupported format / precision pair (before any work)
       ├─ load the checkpoint (CheckpointError for damaged or foreign files)
       ├─ build the artefact (int8: calibration samples from --calibration or the split's train set;
-      │  TFLite int8 with export.qat_epochs > 0: quantization-aware training on the train set)
+      │  TFLite int8 with export.qat_epochs > 0: then quantization-aware training on the train set)
       ├─ score it and fp32 PyTorch on the split's validation photos as `trainer evaluate` scores
       │  (trainer.harness) -> parity numbers (trainer.export.parity)
       └─ write <output_dir>/<format>-<precision>.json next to <format>-<precision>.<suffix>
@@ -53,9 +53,9 @@ class ExportConfig:
     threads: int = 2  # CPU threads of every runtime (parity and latency)
     latency_runs: int = 20  # timed batch-1 runs per artefact (0 skips timing), after trainer.harness.WARMUP_CALLS
     # > 0: the TFLite int8 artefact is fine-tuned this many epochs with quantization-aware training
-    # (trainer.export.qat) on the split's train set instead of calibrated; 0: post-training only
+    # (trainer.export.qat) on the split's train set after calibration; 0: post-training only
     qat_epochs: int = 0
-    qat_lr: float = 3e-5  # AdamW learning rate of that fine-tune (about 1% of training's)
+    qat_lr: float = 3e-6  # AdamW learning rate of that fine-tune (README "Quantization-aware training": 3e-5 undoes it)
     qat_batch_size: int = 16
 
 
@@ -129,7 +129,7 @@ def export_checkpoint(
 
     samples = None
     quantization_aware = fmt == "tflite" and precision == "int8" and config.qat_epochs > 0
-    if precision == "int8" and not quantization_aware:
+    if precision == "int8":
         source = calibration or split_dir
         samples = load_calibration(source, size, config.calibration_images, config.seed)
         base["calibration"] = {"source": str(source), "images": len(samples)}
@@ -142,8 +142,9 @@ def export_checkpoint(
             return ExportResult(name, None, built, report_path)
     elif quantization_aware:
         _, base["quantization"] = export_tflite_int8_qat(
-            model, size, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed, artefact
-        )
+            model, size, samples, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed,
+            artefact,
+        )  # fmt: skip
     else:
         build_artefact(model, size, fmt, precision, artefact, samples)
 

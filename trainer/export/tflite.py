@@ -72,8 +72,8 @@ def cast_weights_fp16(float_model: Path, output: Path) -> Path:
     return output
 
 
-def int8_quantizer(qat: bool = False):
-    """litert-torch's PT2E quantizer: symmetric int8, weights per channel; `qat` for fake-quantized training."""
+def int8_quantizer(config=None):
+    """litert-torch's PT2E quantizer; `config` defaults to symmetric int8 with weights per channel."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
     class FoldedGraphQuantizer(PT2EQuantizer):
@@ -82,7 +82,7 @@ def int8_quantizer(qat: bool = False):
         # before export (trainer.export.graph), so those patterns never occur: skip them.
         STATIC_QAT_ONLY_OPS: list[str] = []
 
-    return FoldedGraphQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    return FoldedGraphQuantizer().set_global(config or get_symmetric_quantization_config(is_per_channel=True))
 
 
 def export_tflite_int8(model: nn.Module, size: int, samples: np.ndarray, output: Path) -> Path:
