@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from portraitseg.resize import resize_image, resize_probability
+from portraitseg.resize import letterbox, resize_probability, stretch
 
 
 @runtime_checkable
@@ -32,18 +32,37 @@ class Predictor(Protocol):
 class SquareInputPredictor:
     """A model of (N, S, S, 3) uint8 batches -> (N, S, S) probabilities, as a Predictor of photos.
 
-    Each photo is resized to S x S (area when shrinking, bilinear otherwise), run as a batch of
-    one, and its S x S probabilities are resized bilinearly to the photo's size. A photo already
-    at S x S goes through both resizes untouched, which is how latency is timed.
+    The photos of one `predict` call go through the model as one batch. `fit="stretch"` resizes
+    each photo to S x S (area when shrinking, bilinear otherwise), as the students are trained;
+    `fit="letterbox"` scales it to fit with its aspect kept and fills the rest with `pad_rgb`
+    (the output is cropped back to the content). The S x S probabilities are resized bilinearly to
+    each photo's size. A photo already at S x S goes through both resizes untouched, which is how
+    latency is timed.
     """
 
-    def __init__(self, predict_batch: Callable[[np.ndarray], np.ndarray], input_size: int):
+    def __init__(
+        self,
+        predict_batch: Callable[[np.ndarray], np.ndarray],
+        input_size: int,
+        fit: str = "stretch",
+        pad_rgb: tuple[int, int, int] = (0, 0, 0),
+    ):
+        if fit not in ("letterbox", "stretch"):
+            raise ValueError(f"fit must be letterbox or stretch, got {fit!r}")
         self.predict_batch = predict_batch
         self.input_size = int(input_size)
+        self.fit = fit
+        self.pad_rgb = pad_rgb
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         size = self.input_size
+        fitted = [letterbox(image, size, size, 0) if self.fit == "letterbox" else stretch(image, size, size) for image in images]
+        if self.fit == "letterbox":
+            for canvas, placement in fitted:
+                canvas[placement.height :] = self.pad_rgb
+                canvas[:, placement.width :] = self.pad_rgb
+        outputs = np.asarray(self.predict_batch(np.stack([canvas for canvas, _ in fitted])))  # (N, S, S)
         return [
-            resize_probability(np.asarray(self.predict_batch(resize_image(image, size, size)[np.newaxis]))[0], *image.shape[:2])
-            for image in images
+            resize_probability(placement.crop(output), *image.shape[:2])
+            for output, (_, placement), image in zip(outputs, fitted, images, strict=True)
         ]

@@ -5,8 +5,8 @@
 One path for every model and every source:
 
 1. The model is a `portraitseg.predictor.Predictor`: a checkpoint or an exported file
-   (`trainer.model_spec.open_model` opens it, as `trainer evaluate` does) wrapped in
-   `FittedPredictor`, which runs a batch of photos at once and fits each into the model's square
+   (`trainer.model_spec.open_model` opens it, as `trainer evaluate` does) as a
+   `portraitseg.predictor.SquareInputPredictor`, which runs a batch of photos at once and fits each into the model's square
    input: stretched, as the students are trained (`trainer.data`) and as MediaPipe runs, or with
    its aspect ratio kept (`fit="letterbox"`, padded with the ImageNet mean, which the graph
    normalises to 0). On the 27 people-dev test photos the best student scores IoU 0.855 stretched
@@ -43,7 +43,7 @@ import numpy as np
 from portraitseg.imagefiles import IMAGE_SUFFIXES, read_rgb
 from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
-from portraitseg.resize import letterbox, resize_probability, stretch
+from portraitseg.resize import resize_probability
 from portraitseg.scoring import PERSON_THRESHOLD
 
 # --- defaults, each with its reason -----------------------------------------------------------
@@ -76,42 +76,10 @@ class PredictError(RuntimeError):
 # The model
 
 
-class FittedPredictor:
-    """A square-input model of (N, S, S, 3) uint8 batches as a Predictor of photos of any size, batched.
-
-    `fit="letterbox"` scales the photo to fit S x S and pads the rest (the model's output is cropped
-    back to the content); `fit="stretch"` resizes to S x S as `SquareInputPredictor` does. All
-    photos of a `predict` call go through the model as one batch.
-    """
-
-    def __init__(self, predict_batch: Callable[[np.ndarray], np.ndarray], input_size: int, fit: str = "stretch"):
-        if fit not in ("letterbox", "stretch"):
-            raise ValueError(f"fit must be letterbox or stretch, got {fit!r}")
-        self.predict_batch = predict_batch
-        self.input_size = int(input_size)
-        self.fit = fit
-
-    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        size = self.input_size
-        fitted = [
-            letterbox(image, size, size, 0) if self.fit == "letterbox" else stretch(image, size, size) for image in images
-        ]
-        if self.fit == "letterbox":  # pad with the mean colour, not 0 (black would read as a dark backdrop)
-            for canvas, placement in fitted:
-                canvas[placement.height :] = IMAGENET_MEAN_RGB
-                canvas[:, placement.width :] = IMAGENET_MEAN_RGB
-        batch = np.stack([canvas for canvas, _ in fitted])  # (N, S, S, 3) uint8
-        outputs = np.asarray(self.predict_batch(batch))  # (N, S, S) probabilities
-        return [
-            resize_probability(placement.crop(output), *image.shape[:2])
-            for output, (_, placement), image in zip(outputs, fitted, images, strict=True)
-        ]
-
-
 def open_predictor(
     model: str | Path, threads: int = 2, model_cache: Path | None = None, size: int | None = None, fit: str = "stretch"
 ) -> Predictor:
-    """The Predictor of `--model`: a checkpoint or export (fitted, see FittedPredictor) or a teacher spec.
+    """The Predictor of `--model`: a checkpoint or export (fitted, see portraitseg.predictor.SquareInputPredictor) or a teacher spec.
 
     Raises the builders' errors (`RunnerError`, `TeacherError`, `ModelMissingError`); a size given
     for a teacher is a PredictError (a teacher has its own input size).
@@ -122,7 +90,7 @@ def open_predictor(
         raise PredictError(f"--size applies to checkpoints only; {model} is a teacher with its own input size")
     opened = open_model(model, threads, model_cache, size)
     if hasattr(opened, "as_predictor"):  # a trainer.runtime.Runner
-        return FittedPredictor(opened.predict, opened.input_size, fit)
+        return opened.as_predictor(fit, IMAGENET_MEAN_RGB)
     return opened
 
 

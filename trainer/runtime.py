@@ -60,9 +60,10 @@ class Runner(ABC):
             out[index] = np.asarray(self.predict_one(batch), np.float32).reshape(size, size)
         return np.clip(out, 0.0, 1.0)
 
-    def as_predictor(self) -> SquareInputPredictor:
-        """This artefact as a `portraitseg.predictor.Predictor`: photos of any size in, probabilities at their size out."""
-        return SquareInputPredictor(self.predict, self.input_size)
+    def as_predictor(self, fit: str = "stretch", pad_rgb: tuple[int, int, int] = (0, 0, 0)) -> SquareInputPredictor:
+        """This artefact as a `portraitseg.predictor.Predictor`: photos of any size in, probabilities at their size out
+        (`fit`, `pad_rgb`: see SquareInputPredictor)."""
+        return SquareInputPredictor(self.predict, self.input_size, fit, pad_rgb)
 
     @abstractmethod
     def predict_one(self, batch: np.ndarray) -> np.ndarray:

@@ -20,9 +20,10 @@ from portraitseg.scoring import iou
 from trainer.cli import main
 from trainer.harness import as_batch
 from trainer.metrics import boundary_f_scores
+from portraitseg.predictor import SquareInputPredictor
 from trainer.predict import (
+    IMAGENET_MEAN_RGB,
     OUTPUT_KINDS,
-    FittedPredictor,
     PredictError,
     expand_sources,
     refine_edges,
@@ -95,7 +96,7 @@ def test_letterbox_keeps_the_aspect_and_puts_the_mask_back_in_place():
 
     photo = np.full((60, 240, 3), 40, np.uint8)
     photo[:, 200:, 0] = 255  # the right sixth is "person"
-    predictor = FittedPredictor(red_rule, 48, "letterbox")
+    predictor = SquareInputPredictor(red_rule, 48, "letterbox", IMAGENET_MEAN_RGB)
     probability = predictor.predict([photo, photo[:, ::-1]])
     assert [p.shape for p in probability] == [(60, 240), (60, 240)]
     assert seen[0].shape == (2, 48, 48, 3)  # one batch for both photos
