@@ -123,29 +123,51 @@ def copy_image(stem_path: Path, image: DecodedImage) -> str:
 def encode_image(stem_path: Path, pixels: np.ndarray, source_format: str) -> str:
     """Encode a changed image: PNG sources stay PNG so nothing is lost; others become JPEG."""
     path = image_path(stem_path, source_format)
-    params = [] if path.suffix == ".png" else [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    ok, encoded = cv2.imencode(path.suffix, pixels, params)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    write_file(path, encoded.tobytes())
+    write_file(path, image_bytes(pixels, path.suffix))
     return path.name
 
 
-def image_path(stem_path: Path, source_format: str) -> Path:
-    """`<id>.png` for PNG sources, `<id>.jpg` otherwise; drops the other one an older run may have left."""
-    suffix, other = (".png", ".jpg") if source_format == "PNG" else (".jpg", ".png")
+def image_name(sample_id: str, source_format: str) -> str:
+    """`<id>.png` for PNG sources, `<id>.jpg` otherwise."""
     # Appended, not `with_suffix`: an id may contain dots ("IMG_2020.01.01-<hash>").
+    return sample_id + (".png" if source_format == "PNG" else ".jpg")
+
+
+def image_path(stem_path: Path, source_format: str) -> Path:
+    """`image_name` beside `stem_path`; drops the other suffix an older run may have left."""
+    path = stem_path.with_name(image_name(stem_path.name, source_format))
+    other = ".jpg" if path.suffix == ".png" else ".png"
     stem_path.with_name(stem_path.name + other).unlink(missing_ok=True)
-    return stem_path.with_name(stem_path.name + suffix)
+    return path
+
+
+def image_bytes(pixels: np.ndarray, suffix: str) -> bytes:
+    """A changed image encoded as `suffix` (.png lossless, .jpg at `JPEG_QUALITY`)."""
+    params = [] if suffix == ".png" else [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    ok, encoded = cv2.imencode(suffix, pixels, params)
+    if not ok:
+        raise OSError(f"could not encode an image as {suffix}")
+    return encoded.tobytes()
+
+
+def mask_bytes(pixels: np.ndarray) -> bytes:
+    """A mask as a single-channel PNG."""
+    # OpenCV's default PNG settings are 3x faster here than any explicit compression level.
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise OSError("could not encode a mask as PNG")
+    return encoded.tobytes()
 
 
 def write_mask(path: Path, pixels: np.ndarray) -> None:
     """Write a mask as a single-channel PNG."""
-    # OpenCV's default PNG settings are 3x faster here than any explicit compression level.
-    ok, encoded = cv2.imencode(".png", pixels)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    write_file(path, encoded.tobytes())
+    write_file(path, mask_bytes(pixels))
+
+
+def write_files(set_dir: Path, files: dict[str, bytes]) -> None:
+    """Write a sample's files (paths relative to the set) as `write_file` does."""
+    for relative, data in files.items():
+        write_file(set_dir / relative, data)
 
 
 def write_file(path: Path, data: bytes) -> None:

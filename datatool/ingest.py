@@ -11,12 +11,10 @@ fingerprinted (size, mtime) in `.ingest-state.jsonl`, and a record whose fingerp
 and outputs are unchanged reuses its previous manifest row and report entries.
 """
 
-import multiprocessing
 import os
-from collections import Counter, deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +22,18 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import IMAGES, MASKS, REPORT, copy_image, encode_image, make_id, sample_files, write_manifest, write_mask
+from datatool.canonical import IMAGES, MASKS, REPORT, image_bytes, image_name, make_id, mask_bytes, sample_files
+from datatool.engine import Done, EngineOptions, Work, run_stage
 from datatool.images import TRANSPOSING_ORIENTATIONS, ImageError, apply_orientation, oriented_size, read_image
 from datatool.masks import Mask, MaskError, fit_mask, same_aspect
 from datatool.outputs import OutputFolder
 from datatool.report import Report, printable
-from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, relative_to, signature
+from datatool.reuse import Outcome, file_fingerprint, relative_to, signature
 from datatool.sources.base import Record, Source
-from portraitseg.progress import progress
 
 # Bump when the same input would give different output files, so old state is not reused.
 ENGINE_VERSION = 1
 STATE = ".ingest-state.jsonl"
-IN_FLIGHT_PER_WORKER = 8  # bounded queue: memory stays flat however many images there are
 
 
 @dataclass(frozen=True)
@@ -63,48 +60,29 @@ def ingest(
     name: str | None = None,
     workers: int | None = 1,
     max_side: int | None = None,
+    engine: EngineOptions | None = None,
 ) -> IngestResult:
-    """Ingest `source` into the canonical set at `output`; raise `LayoutError` if it is not that source."""
+    """Ingest `source` into the canonical set at `output`; raise `LayoutError` if it is not that source.
+
+    `workers` (0 or None = all cores) are worker processes of the local engine or actors of the
+    Ray engine; `engine` says which (default: local).
+    """
     name = name or source.name
     options = IngestOptions(max_side=max_side or None)
     workers = workers or os.cpu_count() or 1
+    engine = EngineOptions(**{**asdict(engine or EngineOptions()), "workers": workers})
     folder = OutputFolder(output, [source.root])
     output = folder.path
     report = Report(source.root)
     records = unique_ids(source.scan(report), name, report)
     report.counts["records"] = len(records)
-
-    run_signature = signature(
-        engine=ENGINE_VERSION, name=name, source=source.name, root=str(source.root),
-        source_options=source.options(), options=asdict(options),
-    )  # fmt: skip
-    previous = load_state(output / STATE, run_signature)
-    folder.begin([IMAGES, MASKS], claims=(path for sample_id, _ in records for path in sample_files(sample_id)))
-
-    encodings: Counter[str] = Counter()
-    produced: set[str] = set()
-
-    def manifest_rows(state: StateWriter) -> Iterator[dict[str, Any]]:
-        outcomes = process_records(source, records, name, output, options, previous, workers)
-        for record, outcome, reused in progress(outcomes, total=len(records), desc=f"ingest {name}"):
-            report.counts["reused" if reused else "processed"] += 1
-            for counter, value in outcome.counts.items():
-                report.counts[counter] += value
-            for note in outcome.notes:
-                report.repair(record.image, note, id=outcome.sample_id, mask=report.relative(record.mask))
-            if outcome.inputs is not None:
-                state.write(asdict(outcome))
-            if outcome.skip is not None:
-                report.skip(outcome.skip["file"], outcome.skip["reason"])
-                continue
-            produced.update((outcome.row["image"], outcome.row["mask"]))
-            encodings[outcome.row["mask_encoding"]] += 1
-            yield outcome.row
-
-    with StateWriter(output / STATE, run_signature) as state:
-        ingested = write_manifest(output, manifest_rows(state))
-    report.counts["ingested"] = ingested
-    report.counts["removed_stale_files"] = folder.finish(produced)
+    works = [
+        Work(sample_id, file_fingerprint(source.inputs(record), source.root), record, str(record.image))
+        for sample_id, record in records
+    ]
+    stage = IngestStage(source, name, options)
+    totals = run_stage(stage, folder, works, report, engine)
+    report.counts["ingested"] = totals.written
     header = {
         "stage": "ingest",
         "version": __version__,
@@ -113,17 +91,50 @@ def ingest(
         "input": str(source.root),
         "output": str(output.resolve()),
         "options": {**asdict(options), **source.options(), "workers": workers},
-        "mask_encodings": dict(encodings.most_common()),
+        "mask_encodings": dict(stage.encodings.most_common()),
     }
     summary = report.write(output / REPORT, **header)
     return IngestResult(
         output=output,
         records=len(records),
-        ingested=ingested,
+        ingested=totals.written,
         reused=report.counts["reused"],
         skipped=len(report.skipped),
         report=summary,
     )
+
+
+class IngestStage:
+    """What ingest tells the engine (`datatool.engine.Stage`)."""
+
+    state_file = STATE
+    folders = (IMAGES, MASKS)
+    processed_counter = "processed"
+    batch_size = 1  # one image per step: each is decoded on its own
+
+    def __init__(self, source: Source, name: str, options: IngestOptions):
+        self.source = source
+        self.name = name
+        self.options = options
+        self.label = f"ingest {name}"
+        self.signature = signature(
+            engine=ENGINE_VERSION, name=name, source=source.name, root=str(source.root),
+            source_options=source.options(), options=asdict(options),
+        )  # fmt: skip
+        self.encodings: Counter[str] = Counter()
+
+    def claims(self, work: Work) -> tuple[str, ...]:
+        return sample_files(work.sample_id)
+
+    def step_factory(self):
+        return partial(IngestStep, self.source, self.name, self.options)
+
+    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
+        report.repair(work.file, note, id=outcome.sample_id, mask=report.relative(work.item.mask))
+
+    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
+        self.encodings[row["mask_encoding"]] += 1
+        return row
 
 
 def unique_ids(records: list[Record], name: str, report: Report) -> list[tuple[str, Record]]:
@@ -139,70 +150,23 @@ def unique_ids(records: list[Record], name: str, report: Report) -> list[tuple[s
     return [(sample_id, record) for sample_id, record in first.items()]
 
 
-def process_records(
-    source: Source,
-    records: list[tuple[str, Record]],
-    name: str,
-    output: Path,
-    options: IngestOptions,
-    previous: dict[str, dict[str, Any]],
-    workers: int,
-) -> Iterator[tuple[Record, Outcome, bool]]:
-    """Yield `(record, outcome, reused)` in record order, decoding only what changed.
+class IngestStep:
+    """Decodes, validates and repairs samples into file bytes (built once per worker)."""
 
-    With several workers, at most `workers * IN_FLIGHT_PER_WORKER` records are in flight, and
-    results come back in submission order, so the manifest is deterministic and memory flat.
-    """
-    executor = None
-    if workers > 1:
-        # forkserver, not fork: a forked child inherits OpenCV's thread pool mid-state from the
-        # parent (which may already have decoded images) and can deadlock in its first call.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["datatool.ingest", "datatool.sources"])  # import once, fork cheaply
-        executor = ProcessPoolExecutor(workers, mp_context=context, initializer=limit_worker_threads)
-    pending: deque[tuple[Record, Future | Outcome, bool]] = deque()
-    try:
-        for sample_id, record in records:
-            inputs = file_fingerprint(source.inputs(record), source.root)
-            cached = previous.get(sample_id)
-            if cached is not None and inputs is not None and cached["inputs"] == inputs and outputs_exist(output, cached):
-                pending.append((record, Outcome(**cached), True))
-            elif executor is None:
-                pending.append((record, ingest_record(source, record, sample_id, inputs, name, output, options), False))
-            else:
-                future = executor.submit(ingest_record, source, record, sample_id, inputs, name, output, options)
-                pending.append((record, future, False))
-            while pending and (executor is None or len(pending) >= workers * IN_FLIGHT_PER_WORKER):
-                yield resolve(pending.popleft())
-        while pending:
-            yield resolve(pending.popleft())
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
+    def __init__(self, source: Source, name: str, options: IngestOptions):
+        self.source = source
+        self.name = name
+        self.options = options
+
+    def __call__(self, works: list[Work]) -> list[Done]:
+        return [ingest_record(self.source, work, self.name, self.options) for work in works]
 
 
-def resolve(item: tuple[Record, "Future | Outcome", bool]) -> tuple[Record, Outcome, bool]:
-    record, outcome, reused = item
-    return record, outcome.result() if isinstance(outcome, Future) else outcome, reused
-
-
-def limit_worker_threads() -> None:
-    # Each worker process decodes one image at a time; OpenCV's own thread pool would only
-    # oversubscribe the cores that the other workers already use.
-    cv2.setNumThreads(1)
-
-
-def ingest_record(
-    source: Source,
-    record: Record,
-    sample_id: str,
-    inputs: list | None,
-    name: str,
-    output: Path,
-    options: IngestOptions,
-) -> Outcome:
-    """Decode, validate, repair and write one sample (runs in a worker process)."""
-    outcome = Outcome(sample_id=sample_id, inputs=inputs)
+def ingest_record(source: Source, work: Work, name: str, options: IngestOptions) -> Done:
+    """Decode, validate and repair one sample into its files and manifest row."""
+    record, sample_id = work.item, work.sample_id
+    done = Done(Outcome(sample_id=sample_id, inputs=work.inputs))
+    outcome = done.outcome
     try:
         image = read_image(record.image)
         height, width = oriented_size(image.height, image.width, image.orientation)
@@ -215,15 +179,15 @@ def ingest_record(
             outcome.notes.extend(image.notes)
     except ImageError as error:
         outcome.skip = {"file": str(record.image), "reason": str(error)}
-        return outcome
+        return done
     try:
         mask = source.read_mask(record)
     except MaskError as error:
         outcome.skip = {"file": str(record.mask), "reason": str(error)}
-        return outcome
+        return done
     except Exception as error:  # a bug or an exotic file must not end a 30,000-image run
         outcome.skip = {"file": str(record.mask), "reason": f"unreadable mask: {type(error).__name__}: {error}"}
-        return outcome
+        return done
 
     outcome.notes.extend(mask.notes)
     if image.orientation != 1:
@@ -233,7 +197,7 @@ def ingest_record(
         mask, note = fit_mask(mask, (height, width))
     except MaskError as error:
         outcome.skip = {"file": str(record.mask), "reason": str(error)}
-        return outcome
+        return done
     if note:
         outcome.notes.append(note)
 
@@ -241,18 +205,16 @@ def ingest_record(
         pixels, mask = downscale(pixels, mask, options.max_side)
         height, width = pixels.shape[:2]
         outcome.counts["downscaled_to_max_side"] = 1
-    if copied:
-        image_name = copy_image(output / IMAGES / sample_id, image)
-    else:
-        image_name = encode_image(output / IMAGES / sample_id, pixels, image.format)
+    image_file = f"{IMAGES}/{image_name(sample_id, image.format)}"
+    done.files[image_file] = image.data if copied else image_bytes(pixels, Path(image_file).suffix)
     outcome.counts["copied_images" if copied else "encoded_images"] = 1
-    write_mask(output / MASKS / f"{sample_id}.png", mask.pixels)
+    done.files[f"{MASKS}/{sample_id}.png"] = mask_bytes(mask.pixels)
     if not mask.pixels.any():
         outcome.counts["empty_masks"] = 1
 
     outcome.row = {
         "id": sample_id,
-        "image": f"{IMAGES}/{image_name}",
+        "image": image_file,
         "mask": f"{MASKS}/{sample_id}.png",
         "source": name,
         "source_format": source.name,
@@ -266,7 +228,7 @@ def ingest_record(
         "official_split": record.official_split,
         **record.extra,
     }
-    return outcome
+    return done
 
 
 def orient_mask(mask: Mask, orientation: int, raw_hw: tuple[int, int], upright_hw: tuple[int, int]) -> tuple[Mask, str]:
@@ -293,8 +255,3 @@ def downscale(pixels: np.ndarray, mask: Mask, max_side: int) -> tuple[np.ndarray
     if mask.kind == "binary":  # area averaging smooths edges; a binary mask must stay 0/255
         shrunk = np.where(shrunk >= 128, 255, 0).astype(np.uint8)
     return pixels, Mask(shrunk, mask.kind, mask.encoding, mask.notes)
-
-
-def outputs_exist(output: Path, cached: dict[str, Any]) -> bool:
-    row = cached.get("row")
-    return row is None or ((output / row["image"]).is_file() and (output / row["mask"]).is_file())

@@ -44,11 +44,10 @@ threshold re-labels nothing.
 import hashlib
 import json
 import operator
-import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -56,13 +55,12 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import (
-    IMAGES, MANIFEST, MASKS, REPORT, copy_image, encode_image, make_id, read_rows, sample_files, write_manifest, write_mask,
-)  # fmt: skip
+from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, image_bytes, image_name, make_id, mask_bytes, read_rows, sample_files
+from datatool.engine import Done, EngineOptions, Work, run_stage
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report, printable
-from datatool.reuse import Outcome, StateWriter, file_fingerprint, load_state, signature
+from datatool.reuse import Outcome, file_fingerprint, signature
 from datatool.sources.base import walk_files
 from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.imagefiles import IMAGE_SUFFIXES
@@ -125,12 +123,13 @@ class InputPhoto:
 
 @dataclass
 class LoadedPhoto:
-    """A photo ready for the teacher; its output image is already written."""
+    """A photo ready for the teacher, with its output image's bytes."""
 
     sample_id: str
     rgb: np.ndarray  # (h, w, 3) uint8 RGB, what the teacher sees
     output_hw: tuple[int, int]  # size of the mask to store (the output image's size)
     row: dict[str, Any]  # manifest row so far (paths, sizes, carried fields)
+    files: dict[str, bytes]  # output files so far (the image; canonical input: the ground truth too)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     ground_truth: np.ndarray | None = None  # canonical input: the (H, W) uint8 mask
@@ -154,13 +153,17 @@ def pseudolabel(
     *,
     name: str | None = None,
     options: PseudolabelOptions | None = None,
+    engine: EngineOptions | None = None,
 ) -> PseudolabelResult:
     """Label every photo under `input_dir` (a photo folder or a canonical set) into the canonical set `output`.
 
     Raises `ValueError` when the input is missing or is the output, and `TeacherError` when the
     teacher cannot run (a run-level failure, unlike a bad photo, which is reported and skipped).
+    `engine` says where the teacher runs (default: in this process; `kind: ray`: an actor pool,
+    each actor building the teacher from its spec once).
     """
     options = options or PseudolabelOptions()
+    engine = engine or EngineOptions()
     if options.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {options.batch_size}")
     input_dir = Path(input_dir).expanduser().resolve()
@@ -169,76 +172,78 @@ def pseudolabel(
     # An output inside a photo folder is left out of its scan (users keep labels beside their photos).
     folder = OutputFolder(output, [input_dir], allow_inside=True)
     output = folder.path
-    canonical = (input_dir / MANIFEST).is_file()
     name = name or input_dir.name
+    inputs = CanonicalSet(input_dir) if (input_dir / MANIFEST).is_file() else PhotoFolder(input_dir, name, output)
     report = Report(input_dir)
-    photos = scan_canonical(input_dir, report) if canonical else scan_photos(input_dir, output, report)
-    report.counts["photos"] = len(photos)
-
-    # What, besides the input files, decides the output files (the review thresholds do not).
-    run_signature = signature(
-        engine=ENGINE_VERSION, teacher=teacher.label, name=name, root=str(input_dir),
-        canonical=canonical, max_side=options.max_side or None,
-    )  # fmt: skip
-    previous = load_state(output / STATE, run_signature)
-    extra_masks = (TEACHER_MASKS,) if canonical else ()
-    ids = (photo.key if canonical else make_id(name, photo.key) for photo in photos)
-    folder.begin((IMAGES, MASKS, *extra_masks), claims=(path for sample_id in ids for path in sample_files(sample_id, *extra_masks)))
-    labeller = Labeller(teacher, name, input_dir, output, canonical, options)
-    totals: Counter[str] = Counter()
-    quality: dict[str, list[float]] = {key: [] for key in ("confidence", "uncertain_fraction", "teacher_agreement", "teacher_iou")}
-    produced: set[str] = set()
-
-    def manifest_rows(state: StateWriter) -> Iterator[dict[str, Any]]:
-        outcomes = labeller.label_in_order(photos, previous)
-        for photo, outcome, reused in progress(outcomes, total=len(photos), desc=f"pseudolabel {name}"):
-            report.counts["reused" if reused else "labelled_now"] += 1
-            for counter, value in outcome.counts.items():
-                report.counts[counter] += value
-            for note in outcome.notes:
-                report.repair(photo.path, note, id=outcome.sample_id)
-            if outcome.inputs is not None:
-                state.write(asdict(outcome))
-            if outcome.skip is not None:
-                report.skip(outcome.skip["file"], outcome.skip["reason"])
-                continue
-            produced.update(outcome.row[field] for field in ("image", "mask", "teacher_mask") if field in outcome.row)
-            row = with_review(outcome.row, options.review)
-            totals["needs_review"] += row["needs_review"]
-            for key, values in quality.items():
-                if row.get(key) is not None:
-                    values.append(row[key])
-            yield row
-
-    with StateWriter(output / STATE, run_signature) as state:
-        labelled = write_manifest(output, manifest_rows(state))
-    report.counts["labelled"] = labelled
-    report.counts["needs_review"] = totals["needs_review"]
-    report.counts["removed_stale_files"] = folder.finish(produced)
+    works = inputs.scan(report)
+    report.counts["photos"] = len(works)
+    stage = PseudolabelStage(teacher, inputs, name, options)
+    totals = run_stage(stage, folder, works, report, engine)
+    report.counts["labelled"] = totals.written
+    report.counts["needs_review"] = stage.needs_review
     header = {
         "stage": "pseudolabel",
         "version": __version__,
         "teacher": teacher.label,
         "input": str(input_dir),
-        "input_kind": "canonical set" if canonical else "photo folder",
+        "input_kind": inputs.kind,
         "output": str(output.resolve()),
         "name": name,
         "options": {"batch_size": options.batch_size, "max_side": options.max_side, "review": asdict(options.review)},
-        "teacher_seconds": round(labeller.teacher_seconds, 3),
-        "teacher_images_per_second": round(labeller.teacher_images / labeller.teacher_seconds, 2) if labeller.teacher_seconds else None,
-        "mean": {key: round(float(np.mean(values)), DECIMALS) if values else None for key, values in quality.items()},
+        "teacher_seconds": round(totals.step_seconds, 3),
+        "teacher_images_per_second": round(totals.stepped / totals.step_seconds, 2) if totals.step_seconds else None,
+        "mean": {key: round(float(np.mean(values)), DECIMALS) if values else None for key, values in stage.quality.items()},
         "definitions": FIELD_DEFINITIONS,
     }
     summary = report.write(output / REPORT, **header)
     return PseudolabelResult(
         output=output,
-        photos=len(photos),
-        labelled=labelled,
+        photos=len(works),
+        labelled=totals.written,
         reused=report.counts["reused"],
         skipped=len(report.skipped),
-        needs_review=totals["needs_review"],
+        needs_review=stage.needs_review,
         report=summary,
     )
+
+
+class PseudolabelStage:
+    """What pseudolabel tells the engine (`datatool.engine.Stage`)."""
+
+    state_file = STATE
+    processed_counter = "labelled_now"
+
+    def __init__(self, teacher: Teacher, inputs: "PhotoFolder | CanonicalSet", name: str, options: PseudolabelOptions):
+        self.teacher = teacher
+        self.inputs = inputs
+        self.options = options
+        self.label = f"pseudolabel {name}"
+        self.batch_size = options.batch_size
+        self.folders = (IMAGES, MASKS, *inputs.extra_folders)
+        # What, besides the input files, decides the output files (the review thresholds do not).
+        self.signature = signature(
+            engine=ENGINE_VERSION, teacher=teacher.label, name=name, root=str(inputs.root),
+            canonical=inputs.extra_folders != (), max_side=options.max_side or None,
+        )  # fmt: skip
+        self.needs_review = 0
+        self.quality: dict[str, list[float]] = {key: [] for key in ("confidence", "uncertain_fraction", "teacher_agreement", "teacher_iou")}
+
+    def claims(self, work: Work) -> tuple[str, ...]:
+        return sample_files(work.sample_id, *self.inputs.extra_folders)
+
+    def step_factory(self):
+        return partial(Labeller, self.teacher, self.inputs, self.options)
+
+    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
+        report.repair(work.file, note, id=outcome.sample_id)
+
+    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
+        row = with_review(row, self.options.review)
+        self.needs_review += row["needs_review"]
+        for key, values in self.quality.items():
+            if row.get(key) is not None:
+                values.append(row[key])
+        return row
 
 
 FIELD_DEFINITIONS = {
@@ -251,121 +256,40 @@ FIELD_DEFINITIONS = {
 }
 
 
-# -- scanning ------------------------------------------------------------------------------------
+# -- the two input kinds ----------------------------------------------------------------------------
 
 
-def scan_photos(root: Path, output: Path, report: Report) -> list[InputPhoto]:
-    """Every image file under `root`, sorted; junk and non-images reported; the output folder excluded."""
-    output = output.resolve()
-    photos = []
-    for path in walk_files(root, report, IMAGE_SUFFIXES):
-        if path.resolve().is_relative_to(output):
-            continue  # an output folder inside the input must not be labelled on the next run
-        photos.append(InputPhoto(key=printable(path.relative_to(root).as_posix()), path=path))
-    return photos
+class PhotoFolder:
+    """A folder of photos: each becomes `images/<id>` (bounded in size) and `masks/<id>.png`, the teacher's mask."""
 
+    kind = "photo folder"
+    extra_folders: tuple[str, ...] = ()
 
-def scan_canonical(root: Path, report: Report) -> list[InputPhoto]:
-    """The usable rows of a canonical set; bad lines and repeated ids are reported (`read_rows`)."""
-    return [InputPhoto(key=row["id"], path=root / row["image"], row=row) for row in read_rows(root, report)]
-
-
-# -- labelling -----------------------------------------------------------------------------------
-
-
-class Labeller:
-    """Runs the teacher over photos in batches and turns its maps into files and manifest rows."""
-
-    def __init__(self, teacher: Teacher, name: str, root: Path, output: Path, canonical: bool, options: PseudolabelOptions):
-        self.teacher = teacher
-        self.name = name
+    def __init__(self, root: Path, name: str, output: Path):
         self.root = root
+        self.name = name
         self.output = output
-        self.canonical = canonical
-        self.options = options
-        self.ensemble = callable(getattr(teacher, "predict_members", None))
-        self.teacher_seconds = 0.0
-        self.teacher_images = 0
 
-    def label_in_order(
-        self, photos: list[InputPhoto], previous: dict[str, dict[str, Any]]
-    ) -> Iterator[tuple[InputPhoto, Outcome, bool]]:
-        """Yield `(photo, outcome, reused)` in input order; decoded photos go to the teacher in full batches.
+    def scan(self, report: Report) -> list[Work]:
+        """Every image file under the root, sorted; junk and non-images reported; the output folder excluded."""
+        works = []
+        for path in walk_files(self.root, report, IMAGE_SUFFIXES):
+            if path.resolve().is_relative_to(self.output):
+                continue  # an output folder inside the input must not be labelled on the next run
+            photo = InputPhoto(key=printable(path.relative_to(self.root).as_posix()), path=path)
+            works.append(Work(make_id(self.name, photo.key), file_fingerprint([path], self.root), photo, str(path)))
+        return works
 
-        A photo waits (with those before it) only while a batch is being filled, so memory is
-        bounded by `batch_size` decoded photos and the progress bar moves with every batch.
-        """
-        waiting: list[tuple[InputPhoto, Outcome, bool]] = []
-        batch: list[tuple[LoadedPhoto, Outcome]] = []
-        for photo in photos:
-            sample_id = photo.key if self.canonical else make_id(self.name, photo.key)
-            inputs = self.fingerprint(photo)
-            cached = previous.get(sample_id)
-            if cached is not None and inputs is not None and cached["inputs"] == inputs and self.outputs_exist(cached):
-                waiting.append((photo, Outcome(**cached), True))
-            else:
-                outcome = Outcome(sample_id=sample_id, inputs=inputs)
-                waiting.append((photo, outcome, False))
-                try:
-                    batch.append((self.load(photo, sample_id), outcome))
-                except ImageError as error:
-                    outcome.skip = {"file": str(photo.path), "reason": str(error)}
-                except GroundTruthError as error:
-                    outcome.skip = {"file": str(error.file), "reason": str(error)}
-            if len(batch) == self.options.batch_size:
-                self.label_batch(batch)
-                batch = []
-            if not batch:
-                yield from waiting
-                waiting = []
-        if batch:
-            self.label_batch(batch)
-        yield from waiting
-
-    def label_batch(self, batch: list[tuple[LoadedPhoto, Outcome]]) -> None:
-        """Run the teacher once on a batch of decoded photos; fill in their outcomes."""
-        probabilities, members = self.predict([item.rgb for item, _ in batch])
-        for index, (item, outcome) in enumerate(batch):
-            outcome.row = self.finish(item, probabilities[index], members[index] if members else None)
-            outcome.notes, outcome.counts = item.notes, item.counts
-
-    def predict(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]] | None]:
-        """The teacher's maps, and for an ensemble each member's; checked against the contract."""
-        started = time.perf_counter()
-        members = None
-        if self.ensemble:
-            # predict = mean of the members by contract; asking for the members once and
-            # averaging here avoids running every member twice.
-            members = self.teacher.predict_members(images)
-            probabilities = [np.mean(np.stack(list(maps.values())), axis=0) for maps in members]
-        else:
-            probabilities = self.teacher.predict(images)
-        self.teacher_seconds += time.perf_counter() - started
-        self.teacher_images += len(images)
-        if len(probabilities) != len(images):
-            raise TeacherError(f"teacher {self.teacher.label} returned {len(probabilities)} maps for {len(images)} images")
-        for image, probability in zip(images, probabilities, strict=True):
-            if probability.shape != image.shape[:2]:
-                raise TeacherError(
-                    f"teacher {self.teacher.label} returned a {probability.shape} map for a {image.shape[:2]} image"
-                )
-        return probabilities, members
-
-    # -- loading ---------------------------------------------------------------------------------
-
-    def load(self, photo: InputPhoto, sample_id: str) -> LoadedPhoto:
-        return self.load_canonical(photo) if self.canonical else self.load_photo(photo, sample_id)
-
-    def load_photo(self, photo: InputPhoto, sample_id: str) -> LoadedPhoto:
-        """Decode a photo (bounded in size), write it to `images/`; raise `ImageError` if it is unusable."""
+    def load(self, photo: InputPhoto, sample_id: str, max_side: int | None) -> LoadedPhoto:
+        """Decode a photo (bounded in size) and encode its output image; raise `ImageError` if it is unusable."""
         image = read_image(photo.path)
         height, width = oriented_size(image.height, image.width, image.orientation)
-        max_side = self.options.max_side
         downscaled = bool(max_side) and max(height, width) > max_side
         notes: list[str] = []
         counts: dict[str, int] = {}
+        image_file = f"{IMAGES}/{image_name(sample_id, image.format)}"
         if image.copyable and not downscaled:
-            image_name = copy_image(self.output / IMAGES / sample_id, image)
+            files = {image_file: image.data}
             bgr = image.pixels
             counts["copied_images"] = 1
         else:
@@ -381,13 +305,13 @@ class Labeller:
                 counts["decoded_at_reduced_scale"] = 1
             if bgr.shape[:2] != (height, width):
                 notes.append(f"downscaled from {width}x{height} to {bgr.shape[1]}x{bgr.shape[0]}")
-            image_name = encode_image(self.output / IMAGES / sample_id, bgr, image.format)
+            files = {image_file: image_bytes(bgr, Path(image_file).suffix)}
             counts["encoded_images"] = 1
         del image  # the file's bytes and any full-size pixels are not needed any more
         out_height, out_width = bgr.shape[:2]
         row = {
             "id": sample_id,
-            "image": f"{IMAGES}/{image_name}",
+            "image": image_file,
             "mask": f"{MASKS}/{sample_id}.png",
             "source": self.name,
             "source_format": SOURCE_FORMAT,
@@ -401,32 +325,110 @@ class Labeller:
             "official_split": None,
         }
         rgb = np.ascontiguousarray(bgr[..., ::-1])
-        return LoadedPhoto(sample_id, rgb, (out_height, out_width), row, notes, counts)
+        return LoadedPhoto(sample_id, rgb, (out_height, out_width), row, files, notes, counts)
 
-    def load_canonical(self, photo: InputPhoto) -> LoadedPhoto:
-        """A canonical sample: image and ground truth copied as they are; the teacher sees it bounded in size."""
+    def store(self, item: LoadedPhoto, mask: np.ndarray, row: dict[str, Any]) -> None:
+        """The teacher's mask is the sample's mask."""
+        item.files[row["mask"]] = mask_bytes(mask)
+
+
+class CanonicalSet:
+    """A canonical set: every field carried through, the ground truth stays the `mask`, the teacher's
+    mask goes to `teacher_masks/<id>.png` with `teacher_iou`, its agreement with the ground truth."""
+
+    kind = "canonical set"
+    extra_folders = (TEACHER_MASKS,)
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def scan(self, report: Report) -> list[Work]:
+        """The usable rows; bad lines and repeated ids are reported (`read_rows`)."""
+        works = []
+        for row in read_rows(self.root, report):
+            photo = InputPhoto(key=row["id"], path=self.root / row["image"], row=row)
+            fingerprint = file_fingerprint([photo.path, self.root / row["mask"]], self.root)
+            if fingerprint is not None:  # a changed row (e.g. a new field) must reach the output too
+                fingerprint.append(hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest())
+            works.append(Work(row["id"], fingerprint, photo, str(photo.path)))
+        return works
+
+    def load(self, photo: InputPhoto, sample_id: str, max_side: int | None) -> LoadedPhoto:
+        """Image and ground truth copied as they are; the teacher sees the image bounded in size."""
         row = dict(photo.row)
-        sample_id = row["id"]
         image = read_image(photo.path)
         ground_truth_path = self.root / row["mask"]
         ground_truth = read_ground_truth(ground_truth_path)
         height, width = oriented_size(image.height, image.width, image.orientation)
-        max_side = self.options.max_side
         downscaled = bool(max_side) and max(height, width) > max_side
         bgr, _ = decode_bounded(image, max_side if downscaled else None)
         bgr = apply_orientation(bgr, image.orientation)
         if downscaled:
             bgr = shrink(bgr, max_side)  # the teacher's map is resized back to the image's size
-        image_name = copy_image(self.output / IMAGES / sample_id, image)
+        image_file = f"{IMAGES}/{image_name(sample_id, image.format)}"
+        files = {image_file: image.data, f"{MASKS}/{sample_id}.png": ground_truth_path.read_bytes()}
         del image
-        mask_name = f"{sample_id}.png"
-        shutil.copyfile(ground_truth_path, self.output / MASKS / mask_name)
-        row.update(image=f"{IMAGES}/{image_name}", mask=f"{MASKS}/{mask_name}")
-        row["teacher_mask"] = f"{TEACHER_MASKS}/{sample_id}.png"
+        row.update(image=image_file, mask=f"{MASKS}/{sample_id}.png", teacher_mask=f"{TEACHER_MASKS}/{sample_id}.png")
         rgb = np.ascontiguousarray(bgr[..., ::-1])
-        return LoadedPhoto(sample_id, rgb, (height, width), row, counts={"copied_images": 1}, ground_truth=ground_truth)
+        return LoadedPhoto(sample_id, rgb, (height, width), row, files, counts={"copied_images": 1}, ground_truth=ground_truth)
 
-    # -- results ---------------------------------------------------------------------------------
+    def store(self, item: LoadedPhoto, mask: np.ndarray, row: dict[str, Any]) -> None:
+        """The teacher's mask goes beside the ground truth, with their agreement."""
+        item.files[row["teacher_mask"]] = mask_bytes(mask)
+        row["teacher_iou"] = round(teacher_iou(mask, item.ground_truth), DECIMALS)
+
+
+# -- labelling -----------------------------------------------------------------------------------
+
+
+class Labeller:
+    """The step: decodes a batch of photos, runs the teacher once on them, and turns its maps into
+    file bytes and manifest rows. Built once per worker (on Ray, the teacher is built from its spec)."""
+
+    def __init__(self, teacher: Teacher, inputs: PhotoFolder | CanonicalSet, options: PseudolabelOptions):
+        self.teacher = teacher
+        self.inputs = inputs
+        self.options = options
+        self.ensemble = callable(getattr(teacher, "predict_members", None))
+
+    def __call__(self, works: list[Work]) -> list[Done]:
+        done = [Done(Outcome(sample_id=work.sample_id, inputs=work.inputs)) for work in works]
+        loaded: list[tuple[LoadedPhoto, Done]] = []
+        for work, result in zip(works, done, strict=True):
+            try:
+                loaded.append((self.inputs.load(work.item, work.sample_id, self.options.max_side), result))
+            except ImageError as error:
+                result.outcome.skip = {"file": str(work.item.path), "reason": str(error)}
+            except GroundTruthError as error:
+                result.outcome.skip = {"file": str(error.file), "reason": str(error)}
+        if loaded:
+            started = time.perf_counter()
+            probabilities, members = self.predict([item.rgb for item, _ in loaded])
+            share = (time.perf_counter() - started) / len(loaded)
+            for index, (item, result) in enumerate(loaded):
+                result.outcome.row = self.finish(item, probabilities[index], members[index] if members else None)
+                result.outcome.notes, result.outcome.counts = item.notes, item.counts
+                result.files, result.seconds = item.files, share
+        return done
+
+    def predict(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]] | None]:
+        """The teacher's maps, and for an ensemble each member's; checked against the contract."""
+        members = None
+        if self.ensemble:
+            # predict = mean of the members by contract; asking for the members once and
+            # averaging here avoids running every member twice.
+            members = self.teacher.predict_members(images)
+            probabilities = [np.mean(np.stack(list(maps.values())), axis=0) for maps in members]
+        else:
+            probabilities = self.teacher.predict(images)
+        if len(probabilities) != len(images):
+            raise TeacherError(f"teacher {self.teacher.label} returned {len(probabilities)} maps for {len(images)} images")
+        for image, probability in zip(images, probabilities, strict=True):
+            if probability.shape != image.shape[:2]:
+                raise TeacherError(
+                    f"teacher {self.teacher.label} returned a {probability.shape} map for a {image.shape[:2]} image"
+                )
+        return probabilities, members
 
     def finish(self, item: LoadedPhoto, probability: np.ndarray, members: dict[str, np.ndarray] | None) -> dict[str, Any]:
         """Store the teacher's mask and return the row with the teacher's fields."""
@@ -436,27 +438,8 @@ class Labeller:
         row.update(mask_quality(mask))
         if members is not None:
             row["teacher_agreement"] = round(mean_pairwise_iou(list(members.values())), DECIMALS)
-        if self.canonical:
-            write_mask(self.output / TEACHER_MASKS / f"{item.sample_id}.png", mask)
-            row["teacher_iou"] = round(teacher_iou(mask, item.ground_truth), DECIMALS)
-        else:
-            write_mask(self.output / MASKS / f"{item.sample_id}.png", mask)
+        self.inputs.store(item, mask, row)
         return row
-
-    def fingerprint(self, photo: InputPhoto) -> list | None:
-        """(relative path, size, mtime_ns) of the photo (and ground truth); None when a file is missing."""
-        paths = [photo.path] if photo.row is None else [photo.path, self.root / photo.row["mask"]]
-        entries = file_fingerprint(paths, self.root)
-        if entries is not None and photo.row is not None:  # a changed row (e.g. a new field) must reach the output too
-            entries.append(hashlib.sha1(json.dumps(photo.row, sort_keys=True).encode()).hexdigest())
-        return entries
-
-    def outputs_exist(self, cached: dict[str, Any]) -> bool:
-        row = cached.get("row")
-        if row is None:
-            return True
-        files = [row["image"], row["mask"]] + ([row["teacher_mask"]] if "teacher_mask" in row else [])
-        return all((self.output / name).is_file() for name in files)
 
 
 class GroundTruthError(ValueError):

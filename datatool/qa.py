@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from datatool.canonical import MANIFEST, read_rows
+from datatool.engine import limit_worker_threads
 from datatool.report import Report
 from portraitseg.progress import progress
 from portraitseg.scoring import PERSON_LEVEL, iou, mean_iou
@@ -183,7 +184,7 @@ def compute_fields(jobs: Iterator[tuple], workers: int) -> Iterator[tuple[str, d
         yield from map(fields_or_problem, jobs)
         return
     # forkserver, not fork: this process holds a MongoDB client and OpenCV's thread pool, which
-    # a forked child must not inherit (see ingest.process_records).
+    # a forked child must not inherit (see datatool.engine.WorkerPool).
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=limit_worker_threads) as executor:
         yield from executor.map(fields_or_problem, jobs, chunksize=8)
@@ -195,11 +196,6 @@ def fields_or_problem(job: tuple) -> tuple[str, dict[str, Any] | None, dict[str,
         return sample_id, sample_fields(*job), None
     except MissingFile as error:
         return sample_id, None, {"id": sample_id, "file": str(error.path), "reason": error.reason}
-
-
-def limit_worker_threads() -> None:
-    # One sample at a time per worker; OpenCV's own threads would only contend with the others.
-    cv2.setNumThreads(1)
 
 
 class MissingFile(Exception):

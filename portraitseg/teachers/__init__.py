@@ -55,10 +55,13 @@ def create_teacher(spec: str, **options) -> Teacher:
     parsed = [_parse_member(part) for part in parts]  # every name checked before any model loads
     members = [TEACHERS[name].build(argument, teacher_options) for name, argument in parsed]
     if len(members) == 1:
-        return members[0]
-    from portraitseg.teachers.ensemble import EnsembleTeacher
+        teacher = members[0]
+    else:
+        from portraitseg.teachers.ensemble import EnsembleTeacher
 
-    return EnsembleTeacher(members)
+        teacher = EnsembleTeacher(members)
+    teacher.recipe = (spec, options)
+    return teacher
 
 
 def list_teachers() -> list[str]:

@@ -15,7 +15,8 @@ from `portraitseg.teacher_files`, never from a download inside a teacher.
 """
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from functools import partial
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -28,6 +29,17 @@ class Teacher(ABC):
     """A person-segmentation model behind the common contract."""
 
     name: ClassVar[str]  # registry name, e.g. "mediapipe-selfie"
+    # (spec, options) of `create_teacher`, which sets it: a teacher pickles as how to build it, so a
+    # worker that unpickles one (a Ray actor of `datatool pseudolabel --engine ray`) loads its own model.
+    recipe: tuple[str, dict[str, Any]] | None = None
+
+    def __reduce_ex__(self, protocol):
+        if self.recipe is None:
+            return super().__reduce_ex__(protocol)
+        from portraitseg.teachers import create_teacher
+
+        spec, options = self.recipe
+        return partial(create_teacher, spec, **options), ()
 
     @property
     def label(self) -> str:
