@@ -18,6 +18,29 @@ BOUNDARY_DEFAULTS = "datatool.boundary:build_boundaries"
 BACKGROUND_DEFAULTS = "datatool.backgrounds:BackgroundOptions"
 SYNTH_DEFAULTS = "datatool.synth:SynthOptions"
 QA_DEFAULTS = "datatool.qa:QaOptions"
+ENGINE_DEFAULTS = "datatool.engine:EngineOptions"
+
+
+def engine_options(command):
+    """`--engine`, `--ray-address` and the Ray actors' resources, for every dataset-writing command
+    that runs on `datatool.engine` (its `--workers` says how many processes or actors)."""
+    options = [
+        click.option("--engine", "engine_kind", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, field="kind", type=click.Choice(["local", "ray"]), help="Where the work runs: this machine's processes, or Ray (a local Ray runtime, or the cluster of --ray-address); needs portraitseg[ray]."),
+        click.option("--ray-address", envvar="RAY_ADDRESS", default=None, help="ray: join this running cluster (e.g. ray://head:10001 or auto) [default: $RAY_ADDRESS, else start a local Ray runtime]."),
+        click.option("--cpus-per-worker", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.FloatRange(min=0), help="ray: CPUs each actor reserves (fractions allowed)."),
+        click.option("--gpus-per-worker", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.FloatRange(min=0), help="ray: GPUs each actor reserves (1 with --device cuda)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, workers):
+    from datatool.engine import EngineOptions
+
+    return EngineOptions(
+        **given(kind=engine_kind, ray_address=ray_address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, workers=workers)
+    )
 
 
 class Commands(click.Group):
@@ -72,13 +95,14 @@ def print_report_and_exit_status(report: dict, output_dir: Path, *, produced: in
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path), help="The dataset as downloaded and unpacked.")
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path), help="Canonical set to write (created).")
 @click.option("--name", default=None, help="Set name: prefix of groups, part of ids [default: SOURCE, or the input folder's name for 'folder'].")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Worker processes; 0 = all cores.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Worker processes (--engine ray: actors); 0 = all cores.")
 @click.option("--max-side", cls=DefaultFrom, defaults=INGEST_DEFAULTS, type=click.IntRange(min=0), help="Downscale so the longer side is at most PX; 0 or none keeps the size.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
 @click.option("--images-dir", type=click.Path(path_type=Path), help="folder: the images folder (relative to --input).")
 @click.option("--masks-dir", type=click.Path(path_type=Path), help="folder: the masks folder (relative to --input).")
 @click.option("--neutral", type=click.Choice(["background", "person", "skip"]), default=None, help="supervisely: how 'neutral' objects count [default: background].")
-def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict, images_dir, masks_dir, neutral) -> None:
+@engine_options
+def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict, images_dir, masks_dir, neutral, **engine) -> None:
     """Ingest a downloaded dataset (SOURCE layout) into a validated canonical set."""
     from datatool.ingest import ingest as run_ingest
     from datatool.outputs import OutputError
@@ -99,7 +123,7 @@ def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict
         raise click.UsageError(str(error)) from error
     name = name or (source.root.name if source_format == "folder" else source_format)
     try:
-        result = run_ingest(source, output_dir, name=name, workers=workers, **given(max_side=max_side))
+        result = run_ingest(source, output_dir, name=name, workers=workers, engine=engine_from(**engine, workers=workers), **given(max_side=max_side))
     except OutputError as error:
         raise click.UsageError(str(error)) from error
     except LayoutError as error:
@@ -231,7 +255,9 @@ def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
 @click.option("--min-agreement", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Ensembles: review a label whose members agree less (mean pairwise IoU).")
 @click.option("--min-teacher-iou", cls=DefaultFrom, defaults=REVIEW_DEFAULTS, type=click.FloatRange(0, 1), help="Canonical input: review a sample whose teacher mask has a lower IoU with the ground truth.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
-def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, **thresholds) -> None:
+@click.option("--workers", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.IntRange(min=0), help="Copies of the teacher: processes (1 = this process), or with --engine ray actors; 0 = all cores.")
+@engine_options
+def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, workers, engine_kind, ray_address, cpus_per_worker, gpus_per_worker, **thresholds) -> None:
     """Label photos with a teacher: soft masks plus confidence fields and a needs_review flag per photo."""
     from portraitseg.teacher_files import ModelMissingError
     from datatool.pseudolabel import PseudolabelOptions, ReviewThresholds
@@ -246,7 +272,8 @@ def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side,
     options = PseudolabelOptions(**sizes, review=ReviewThresholds(**given(**thresholds)))
     try:
         teacher = create_teacher(teacher_spec, **teacher_options)
-        result = run_pseudolabel(teacher, input_dir, output_dir, name=name, options=options)
+        engine = engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, workers)
+        result = run_pseudolabel(teacher, input_dir, output_dir, name=name, options=options, engine=engine)
     except (TeacherError, ModelMissingError, KeyError, ValueError) as error:
         raise click.ClickException(str(error).strip("'\"")) from error
 

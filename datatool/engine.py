@@ -313,7 +313,8 @@ def ray_steps(factory: Callable[[], Step], works: list[Work], batch_size: int, e
         fn_constructor_args=(factory,),
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=min(actors, -(-len(works) // batch_size))),
+        # Two batches queued per actor: it never waits for input, and decoded images stay few.
+        compute=ActorPoolStrategy(size=min(actors, -(-len(works) // batch_size)), max_tasks_in_flight_per_actor=2),
         num_cpus=engine.cpus_per_worker,
         num_gpus=engine.gpus_per_worker,
     )  # Ray Data restarts an actor whose process dies and runs its batch again (max_restarts=-1 by default)

@@ -1,0 +1,188 @@
+"""The dataset-writing engine: the same output on either engine, bad inputs included; a worker
+process killed mid-run is retried without losing or repeating a sample; work spreads over two
+Ray nodes. The Ray tests run a real local Ray runtime (and a real two-node cluster)."""
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_person_mask, make_photo, write_image
+
+from datatool.engine import EngineOptions
+from datatool.ingest import ingest
+from datatool.pseudolabel import PseudolabelOptions, pseudolabel
+from datatool.sources import create_source
+from portraitseg.teachers.base import Teacher
+
+# Before Ray is imported: no usage statistics, and no second virtual environment for the workers under `uv run`.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+ray = pytest.importorskip("ray", reason='the Ray engine needs portraitseg[ray] (uv sync installs it with the dev group)')
+RAY = EngineOptions(kind="ray", workers=2)
+TIMING = ("seconds", "teacher_seconds", "teacher_images_per_second", "output")  # what may differ between two runs
+
+
+class BlueTeacher(Teacher):
+    """p = blue / 255, known exactly. Test hooks: a worker that finds `kill_marker` removes it and
+    kills its own process (once); every batch appends its Ray node id to `node_log`."""
+
+    name = "blue"
+
+    def __init__(self, kill_marker: str | None = None, node_log: str | None = None, seconds: float = 0.0):
+        self.kill_marker = kill_marker
+        self.node_log = node_log
+        self.seconds = seconds  # per batch, as a real model takes: the second actor gets work before the first is done
+
+    def predict(self, images):
+        if self.kill_marker and os.path.exists(self.kill_marker):
+            os.unlink(self.kill_marker)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.node_log:
+            import time
+
+            import ray
+
+            time.sleep(self.seconds)
+
+            with open(self.node_log, "a") as log:
+                log.write(ray.get_runtime_context().get_node_id() + "\n")
+        return [image[..., 2].astype(np.float32) / 255 for image in images]
+
+
+class PoisonedTeacher(BlueTeacher):
+    """Kills its process on every batch holding the photo "01 shot.jpg" (41 rows high): a decoder crash."""
+
+    def predict(self, images):
+        if any(image.shape[0] == 41 for image in images):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().predict(images)
+
+
+# The Ray actors unpickle BlueTeacher; this test module is not importable there, so it travels by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def photo_folder(root: Path, count: int = 11) -> Path:
+    """Photos of several sizes and formats, with an unreadable one, a truncated one and junk."""
+    for n in range(count):
+        write_image(root / f"photos/{n:02d} shot.{'png' if n % 3 == 0 else 'jpg'}", make_photo(40 + n, 56, seed=n))
+    (root / "photos/corrupt.jpg").write_bytes(b"not an image")
+    good = (root / "photos/01 shot.jpg").read_bytes()
+    (root / "photos/sub/truncated.jpg").parent.mkdir(parents=True)
+    (root / "photos/sub/truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "photos/.DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return root / "photos"
+
+
+def folder_dataset(root: Path, count: int = 9) -> Path:
+    """Image/mask pairs with a corrupt image, an orphan mask, a mask at half scale and one of another shape."""
+    for n in range(count):
+        write_image(root / f"D/images/{n}.jpg", make_photo(48, 64, seed=n))
+        write_image(root / f"D/masks/{n}.png", make_person_mask(48, 64, seed=n))
+    (root / "D/images/3.jpg").write_bytes(b"broken")
+    write_image(root / "D/masks/orphan.png", make_person_mask(48, 64))
+    write_image(root / "D/masks/4.png", make_person_mask(24, 32, seed=4))  # resized, reported as repaired
+    write_image(root / "D/masks/5.png", make_person_mask(64, 48, seed=5))  # other aspect: skipped
+    return root / "D"
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha1(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != "report.json"
+    }
+
+
+def report_of(folder: Path) -> dict:
+    report = json.loads((folder / "report.json").read_text())
+    for key in TIMING:
+        report.pop(key, None)
+    report["options"].pop("workers", None)
+    return report
+
+
+def assert_same_set(local: Path, other: Path) -> None:
+    assert files_of(local) == files_of(other)  # manifest, state, ledger, every image and mask
+    assert report_of(local) == report_of(other)
+
+
+def test_ray_and_local_pseudolabel_write_the_same_set_and_reuse_it(tmp_path, local_ray):
+    photos = photo_folder(tmp_path)
+    local = pseudolabel(BlueTeacher(), photos, tmp_path / "local", options=PseudolabelOptions(batch_size=3))
+    on_ray = pseudolabel(BlueTeacher(), photos, tmp_path / "ray", options=PseudolabelOptions(batch_size=3), engine=RAY)
+    assert local.labelled == on_ray.labelled == 11 and on_ray.skipped == 2
+    assert_same_set(tmp_path / "local", tmp_path / "ray")
+    again = pseudolabel(BlueTeacher(), photos, tmp_path / "ray", options=PseudolabelOptions(batch_size=3), engine=RAY)
+    assert again.reused == 13 and again.report["counts"].get("labelled_now", 0) == 0  # skips are reused too
+    assert files_of(tmp_path / "local") == files_of(tmp_path / "ray")
+    assert again.report["skipped"] == local.report["skipped"] and again.report["repaired"] == local.report["repaired"]
+
+
+def test_ray_and_local_ingest_write_the_same_set(tmp_path, local_ray):
+    data = folder_dataset(tmp_path)
+    local = ingest(create_source("folder", data), tmp_path / "local", workers=2)
+    on_ray = ingest(create_source("folder", data), tmp_path / "ray", workers=2, engine=RAY)
+    assert local.ingested == on_ray.ingested == 7
+    assert {entry["file"] for entry in on_ray.report["skipped"]} == {"images/3.jpg", "masks/5.png", "masks/orphan.png"}
+    assert_same_set(tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.parametrize("engine", [RAY, EngineOptions(kind="local", workers=2)], ids=["ray", "local-processes"])
+def test_a_worker_killed_mid_run_is_retried_and_no_sample_is_lost_or_written_twice(tmp_path, local_ray, engine):
+    photos = photo_folder(tmp_path)
+    options = PseudolabelOptions(batch_size=2)
+    pseudolabel(BlueTeacher(), photos, tmp_path / "reference", options=options)
+    marker = tmp_path / "kill-once"
+    marker.touch()
+    result = pseudolabel(BlueTeacher(kill_marker=str(marker)), photos, tmp_path / "killed", options=options, engine=engine)
+    assert not marker.exists(), "the test step never ran in a worker it could kill"
+    assert result.labelled == 11 and result.report["counts"]["labelled_now"] == 13
+    assert_same_set(tmp_path / "reference", tmp_path / "killed")
+
+
+def test_a_batch_that_always_kills_its_worker_is_reported_and_the_rest_is_kept(tmp_path):
+    photos = photo_folder(tmp_path, count=4)
+    result = pseudolabel(PoisonedTeacher(), photos, tmp_path / "out", options=PseudolabelOptions(batch_size=1), engine=EngineOptions(workers=2))
+    assert result.labelled == 3
+    died = [entry for entry in result.report["skipped"] if "worker process died" in entry["reason"]]
+    assert [entry["file"] for entry in died] == ["01 shot.jpg"]
+    state = (tmp_path / "out/.pseudolabel-state.jsonl").read_text()
+    assert "worker process died" not in state  # not remembered: the next run tries it again
+
+
+def test_pseudolabel_runs_on_both_nodes_of_a_two_node_cluster_and_matches_local(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    photos = photo_folder(tmp_path, count=16)
+    options = PseudolabelOptions(batch_size=2)
+    pseudolabel(BlueTeacher(), photos, tmp_path / "local", options=options)
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, logging_level="WARNING")
+        cluster.wait_for_nodes()
+        nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        assert len(nodes) == 2
+        log = tmp_path / "nodes.log"
+        result = pseudolabel(BlueTeacher(node_log=str(log), seconds=1.0), photos, tmp_path / "cluster", options=options, engine=EngineOptions(kind="ray", workers=2))
+        assert result.labelled == 16
+        assert set(log.read_text().split()) == nodes  # both nodes ran teacher batches
+        assert_same_set(tmp_path / "local", tmp_path / "cluster")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
