@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -115,6 +116,8 @@ class Totals:
     written: int = 0  # manifest rows
     step_seconds: float = 0.0  # the steps' model time (sum of `Done.seconds`)
     stepped: int = 0  # work items that went through a step this run
+    warmup_seconds: float | None = None  # from the start to the first stepped result (workers or actors starting)
+    seconds: float = 0.0  # the whole run
 
 
 def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Report, engine: EngineOptions) -> Totals:
@@ -124,12 +127,15 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
     folder.begin(stage.folders, claims=(path for work in works for path in stage.claims(work)))
     totals = Totals()
     produced: set[str] = set()
+    started = time.perf_counter()
 
     def manifest_rows(state: StateWriter) -> Iterator[dict[str, Any]]:
         for work, done, reused in progress(outcomes(stage, works, previous, output, engine), total=len(works), desc=stage.label):
             outcome = done.outcome
             if not reused:
                 write_files(output, done.files)  # before the state line: a listed sample has its files
+                if totals.warmup_seconds is None:
+                    totals.warmup_seconds = time.perf_counter() - started
                 totals.stepped += 1
                 totals.step_seconds += done.seconds
             report.counts["reused" if reused else stage.processed_counter] += 1
@@ -148,7 +154,14 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
     with StateWriter(output / stage.state_file, stage.signature) as state:
         totals.written = write_manifest(output, manifest_rows(state))
     report.counts["removed_stale_files"] = folder.finish(produced)
+    totals.seconds = time.perf_counter() - started
     return totals
+
+
+def engine_header(engine: EngineOptions, totals: Totals) -> dict[str, Any]:
+    """What a stage's report says about where it ran (the rest of the report is the same on either engine)."""
+    warmup = None if totals.warmup_seconds is None else round(totals.warmup_seconds, 3)
+    return {"kind": engine.kind, "workers": engine.workers, "stepped": totals.stepped, "warmup_seconds": warmup}
 
 
 def outcomes(

@@ -23,7 +23,7 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import IMAGES, MASKS, REPORT, image_bytes, image_name, make_id, mask_bytes, sample_files
-from datatool.engine import Done, EngineOptions, Work, run_stage
+from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.images import TRANSPOSING_ORIENTATIONS, ImageError, apply_orientation, oriented_size, read_image
 from datatool.masks import Mask, MaskError, fit_mask, same_aspect
 from datatool.outputs import OutputFolder
@@ -92,6 +92,7 @@ def ingest(
         "output": str(output.resolve()),
         "options": {**asdict(options), **source.options(), "workers": workers},
         "mask_encodings": dict(stage.encodings.most_common()),
+        "engine": engine_header(engine, totals),
     }
     summary = report.write(output / REPORT, **header)
     return IngestResult(
@@ -110,7 +111,7 @@ class IngestStage:
     state_file = STATE
     folders = (IMAGES, MASKS)
     processed_counter = "processed"
-    batch_size = 1  # one image per step: each is decoded on its own
+    batch_size = 8  # images per step call: fewer round trips to worker processes and Ray actors
 
     def __init__(self, source: Source, name: str, options: IngestOptions):
         self.source = source

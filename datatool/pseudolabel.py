@@ -56,7 +56,7 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, image_bytes, image_name, make_id, mask_bytes, read_rows, sample_files
-from datatool.engine import Done, EngineOptions, Work, run_stage
+from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report, printable
@@ -194,6 +194,7 @@ def pseudolabel(
         "teacher_images_per_second": round(totals.stepped / totals.step_seconds, 2) if totals.step_seconds else None,
         "mean": {key: round(float(np.mean(values)), DECIMALS) if values else None for key, values in stage.quality.items()},
         "definitions": FIELD_DEFINITIONS,
+        "engine": engine_header(engine, totals),
     }
     summary = report.write(output / REPORT, **header)
     return PseudolabelResult(

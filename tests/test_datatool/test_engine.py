@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 ray = pytest.importorskip("ray", reason='the Ray engine needs portraitseg[ray] (uv sync installs it with the dev group)')
 RAY = EngineOptions(kind="ray", workers=2)
-TIMING = ("seconds", "teacher_seconds", "teacher_images_per_second", "output")  # what may differ between two runs
+TIMING = ("seconds", "teacher_seconds", "teacher_images_per_second", "output", "engine")  # what may differ between two runs
 
 
 class BlueTeacher(Teacher):

@@ -1,0 +1,142 @@
+"""The Ray engine against the local engine, on this machine, in the same run.
+
+Generates N photos and N photo/mask pairs (600x800, `portraits.PortraitGenerator`), then runs,
+each in a fresh process so that peak memory is that run's own:
+  - `pseudolabel` with the MediaPipe selfie teacher: local (one process, the pipeline's default)
+    and ray (a local Ray runtime with this machine's cores, one actor per core);
+  - `ingest folder`: local (worker processes on all cores) and ray (one actor per core).
+The Ray runtime's start (`ray.init`) is timed apart. Each job runs on N and on 2N photos: the
+steady-state throughput is N / (time for 2N - time for N), so the fixed cost of a run (workers or
+actors starting, the model loading; shown as "first result") cancels out. Prints photos/s, the ray / local throughput ratio (target >= 0.8x) and the peak resident
+memory of the whole process tree (driver, workers, and on ray the raylet, GCS and actors). Then
+pseudolabels a small and a large set on ray to show that peak memory is flat in N.
+
+    python bench/engine.py [--photos 500] [--memory-photos 500 5000] [--side 800]
+
+The table's "whole run" and peak memory are those of the 2N run.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+from ingest import PeakMemory
+from portraits import PortraitGenerator
+
+
+def generate(root: Path, count: int, side: int, seed: int = 0) -> Path:
+    """`count` photo-like JPEGs in root/images and 0/255 PNG masks in root/masks."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    portraits = PortraitGenerator(seed)
+    for index in range(count):
+        photo, mask = portraits.photo(), portraits.mask()
+        if max(photo.shape[:2]) != side:
+            scale = side / max(photo.shape[:2])
+            size = (round(photo.shape[1] * scale), round(photo.shape[0] * scale))
+            photo, mask = cv2.resize(photo, size, interpolation=cv2.INTER_AREA), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(root / f"images/{index:06d}.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(str(root / f"masks/{index:06d}.png"), mask)
+    return root
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measured job in this fresh process; prints its numbers as JSON."""
+    from datatool.engine import EngineOptions, connect
+    from datatool.ingest import ingest
+    from datatool.pseudolabel import pseudolabel
+    from datatool.sources import create_source
+    from portraitseg.teachers import create_teacher
+
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        if args.engine == "ray":
+            connect(None)
+        runtime_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        if args.job == "pseudolabel":
+            engine = EngineOptions(kind=args.engine, workers=0 if args.engine == "ray" else 1)
+            result = pseudolabel(create_teacher("mediapipe-selfie"), args.input / "images", args.output, name="bench", engine=engine)
+            done = result.labelled
+        else:
+            engine = EngineOptions(kind=args.engine)
+            result = ingest(create_source("folder", args.input), args.output, name="bench", workers=0, engine=engine)
+            done = result.ingested
+        seconds = time.perf_counter() - started
+    assert result.skipped == 0, result.report["skipped"][:3]
+    print(json.dumps({
+        "runtime_seconds": runtime_seconds, "seconds": seconds, "samples": done,
+        "warmup_seconds": result.report["engine"]["warmup_seconds"], "peak_mb": (memory.main_peak + memory.workers_peak) / 2**20,
+    }))  # fmt: skip
+
+
+def measure(job: str, engine: str, source: Path, scratch: Path) -> dict:
+    output = scratch / f"out-{job}-{engine}"
+    shutil.rmtree(output, ignore_errors=True)
+    command = [sys.executable, __file__, "--child", "--job", job, "--engine", engine, "--input", str(source), "--output", str(output)]
+    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    finished = subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
+    shutil.rmtree(output, ignore_errors=True)
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=500, help="N: photos (and pairs) of the smaller throughput run")
+    parser.add_argument("--memory-photos", type=int, nargs=2, default=(500, 5000), help="small and large set for the memory runs")
+    parser.add_argument("--side", type=int, default=800, help="longer side of the generated photos")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--job", choices=["pseudolabel", "ingest"], help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=["local", "ray"], help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, {args.photos} photos, longer side {args.side}")
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        scratch = Path(tmp)
+        sources = {count: generate(scratch / f"set-{count}", count, args.side, seed=count) for count in (args.photos, 2 * args.photos)}
+        print(
+            "| job | engine | photos/s, steady | ray / local | Ray start, s | first result, s | photos/s, whole run | peak MB (all processes) |\n"
+            "|---|---|---|---|---|---|---|---|"
+        )
+        ratios = {}
+        for job in ("pseudolabel", "ingest"):
+            runs = {engine: [measure(job, engine, sources[count], scratch) for count in sources] for engine in ("local", "ray")}
+            steady = {engine: args.photos / (large["seconds"] - small["seconds"]) for engine, (small, large) in runs.items()}
+            ratios[job] = steady["ray"] / steady["local"]
+            for engine, (_, run) in runs.items():
+                ratio = f"{ratios[job]:.2f}x" if engine == "ray" else "1.00x"
+                start = f"{run['runtime_seconds']:.1f}" if engine == "ray" else "-"
+                print(
+                    f"| {job} | {engine} | {steady[engine]:.1f} | {ratio} | {start} | {run['warmup_seconds']:.1f} "
+                    f"| {run['samples'] / run['seconds']:.1f} | {run['peak_mb']:.0f} |"
+                )
+        for job, ratio in ratios.items():
+            print(f"{job}: ray at {ratio:.2f}x the local engine's throughput (target >= 0.8x): {'met' if ratio >= 0.8 else 'MISSED'}")
+
+        peaks = {}
+        for count in args.memory_photos:
+            photos = generate(scratch / f"memory-{count}", count, args.side, seed=count)
+            run = measure("pseudolabel", "ray", photos, scratch)
+            peaks[count] = run["peak_mb"]
+            print(f"ray pseudolabel of {count:>5} photos: peak {run['peak_mb']:.0f} MB, {run['samples'] / run['seconds']:.1f} photos/s")
+            shutil.rmtree(photos)
+        small, large = args.memory_photos
+        flat = peaks[large] <= peaks[small] * 1.1 + 50
+        print(f"peak memory {large} vs {small} photos: {peaks[large] / peaks[small]:.2f}x (target: flat, within 10% + 50 MB): {'met' if flat else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
