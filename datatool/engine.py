@@ -316,6 +316,7 @@ def ray_steps(factory: Callable[[], Step], works: list[Work], batch_size: int, e
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in work order: the manifest's order
     context.enable_progress_bars = False  # the stage shows its own
+    context.raise_original_map_exception = True  # a TeacherError reaches the command as itself
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # plan and progress lines; errors still show
     actors = engine.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // engine.cpus_per_worker))
     dataset = ray.data.from_items(

@@ -1,10 +1,11 @@
 """`datatool ingest`: turn one downloaded dataset into a validated canonical set.
 
-The source adapter scans the input (cheap, no decoding); this engine then, for every record and
-in parallel worker processes: decodes and validates the image (truncation, colour format,
-EXIF orientation), decodes the mask in the source's encoding, applies the image's orientation
-to the mask, resizes masks that differ only in scale, quarantines the rest, and writes
-`images/`, `masks/`, `manifest.jsonl` and `report.json`.
+The source adapter scans the input (cheap, no decoding); the step (`IngestStep`, run by
+`datatool.engine` in worker processes or Ray actors) then, for every record: decodes and
+validates the image (truncation, colour format, EXIF orientation), decodes the mask in the
+source's encoding, applies the image's orientation to the mask, resizes masks that differ only
+in scale and quarantines the rest; the engine writes `images/`, `masks/`, `manifest.jsonl` and
+`report.json`.
 
 Re-running over unchanged input does no decoding: each record's input files are
 fingerprinted (size, mtime) in `.ingest-state.jsonl`, and a record whose fingerprint, options

@@ -45,7 +45,6 @@ import hashlib
 import json
 import operator
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -64,7 +63,6 @@ from datatool.reuse import Outcome, file_fingerprint, signature
 from datatool.sources.base import walk_files
 from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.imagefiles import IMAGE_SUFFIXES
-from portraitseg.progress import progress
 from portraitseg.scoring import PERSON_LEVEL, iou, mean_iou
 
 ENGINE_VERSION = 1  # bump when the same input and teacher would give different output files

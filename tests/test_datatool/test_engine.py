@@ -17,7 +17,7 @@ from datatool.engine import EngineOptions
 from datatool.ingest import ingest
 from datatool.pseudolabel import PseudolabelOptions, pseudolabel
 from datatool.sources import create_source
-from portraitseg.teachers.base import Teacher
+from portraitseg.teachers.base import Teacher, TeacherError
 
 # Before Ray is imported: no usage statistics, and no second virtual environment for the workers under `uv run`.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -61,6 +61,13 @@ class PoisonedTeacher(BlueTeacher):
         if any(image.shape[0] == 41 for image in images):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().predict(images)
+
+
+class HalfSizeTeacher(BlueTeacher):
+    """Breaks the teacher contract: its maps are half the image's size."""
+
+    def predict(self, images):
+        return [np.zeros((image.shape[0] // 2, image.shape[1] // 2), np.float32) for image in images]
 
 
 # The Ray actors unpickle BlueTeacher; this test module is not importable there, so it travels by value.
@@ -161,6 +168,12 @@ def test_a_batch_that_always_kills_its_worker_is_reported_and_the_rest_is_kept(t
     assert [entry["file"] for entry in died] == ["01 shot.jpg"]
     state = (tmp_path / "out/.pseudolabel-state.jsonl").read_text()
     assert "worker process died" not in state  # not remembered: the next run tries it again
+
+
+def test_a_teacher_breaking_its_contract_on_ray_stops_the_run_with_the_teachers_error(tmp_path, local_ray):
+    with pytest.raises(TeacherError, match=r"returned a \(20, 28\) map for a \(40, 56\) image"):
+        pseudolabel(HalfSizeTeacher(), photo_folder(tmp_path, count=2), tmp_path / "out", engine=RAY)
+    assert not (tmp_path / "out/manifest.jsonl").exists()
 
 
 def test_pseudolabel_runs_on_both_nodes_of_a_two_node_cluster_and_matches_local(tmp_path):
