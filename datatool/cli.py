@@ -36,8 +36,12 @@ def engine_options(command):
 
 
 def engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, workers):
+    import importlib.util
+
     from datatool.engine import EngineOptions
 
+    if engine_kind == "ray" and importlib.util.find_spec("ray") is None:
+        raise click.UsageError('--engine ray needs Ray, which is not installed: pip install "portraitseg[ray]"')
     return EngineOptions(
         **given(kind=engine_kind, ray_address=ray_address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, workers=workers)
     )

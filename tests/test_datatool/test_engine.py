@@ -199,3 +199,17 @@ def test_pseudolabel_runs_on_both_nodes_of_a_two_node_cluster_and_matches_local(
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from datatool.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "ray" else real_find_spec(name, *args))
+    result = CliRunner().invoke(main, ["ingest", "folder", "--input", str(folder_dataset(tmp_path)), "--output", str(tmp_path / "out"), "--engine", "ray"])
+    assert result.exit_code == 2 and 'pip install "portraitseg[ray]"' in result.output, result.output
+    assert not (tmp_path / "out").exists()
