@@ -34,8 +34,7 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.boundary import place_file
-from datatool.canonical import MANIFEST, REPORT, read_rows, write_file
+from datatool.canonical import MANIFEST, REPORT, link_file, read_rows, write_file
 from datatool.images import ImageError, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report
@@ -143,7 +142,7 @@ def build_backgrounds(
                 report.skip(path, f"background not usable: {error}")
                 continue
             library.claim([name])
-            report.counts[place_file(path, output / name)] += 1
+            report.counts[link_file(path, output / name)] += 1
             produced.add(name)
             included += 1
     # Backgrounds of photos or folders that left the inputs since the last run; nothing else is touched.

@@ -31,12 +31,16 @@ make the output break whenever the input moves or is re-built. (A hard link shar
 bytes: a tool that rewrites an input file in place would change the output too. DVC removes
 a stage's outputs before re-running it, so in the pipeline an input is always replaced, never
 rewritten.)
+
+The stage runs on `datatool.engine` (here, in worker processes or on Ray; the driver makes the
+links). A re-run reuses every sample whose row and files are unchanged (`.boundary-state.jsonl`).
 """
 
+import hashlib
+import json
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,12 +48,15 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import MANIFEST, REPORT, read_rows, write_manifest, write_mask
+from datatool.canonical import MANIFEST, REPORT, mask_bytes, read_rows
+from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.outputs import OutputFolder
 from datatool.report import Report
-from portraitseg.progress import progress
+from datatool.reuse import Outcome, file_fingerprint, signature
 from portraitseg.records import FILE_FIELDS
 
+ENGINE_VERSION = 1  # bump when the same input and options would give different output files
+STATE = ".boundary-state.jsonl"
 EDGES = "edges"
 METHODS = ("morph", "canny", "sobel")
 PERSON_LEVEL = 128  # stored mask value from which a pixel counts as person
@@ -95,7 +102,9 @@ def thicken(line: np.ndarray, width: int) -> np.ndarray:
     return cv2.dilate(line, ellipse(width)) if width > 1 else line
 
 
-def build_boundaries(input_dir: Path, output: Path, *, width: int = 4, method: str = "morph") -> BoundaryResult:
+def build_boundaries(
+    input_dir: Path, output: Path, *, width: int = 4, method: str = "morph", engine: EngineOptions | None = None
+) -> BoundaryResult:
     """Write the canonical set `output` = the set `input_dir` plus `edges/<id>.png` and the field `edge`.
 
     Raises `ValueError` for a missing input, the input as output, or a bad width or method;
@@ -105,77 +114,110 @@ def build_boundaries(input_dir: Path, output: Path, *, width: int = 4, method: s
     input_dir = Path(input_dir).expanduser().resolve()
     if not (input_dir / MANIFEST).is_file():
         raise ValueError(f"input {input_dir} is not a canonical set (no {MANIFEST})")
+    engine = engine or EngineOptions()
     folder = OutputFolder(output, [input_dir])
     output = folder.path
-    # The input's visible folders (images/, masks/, teacher_masks/ ...) hold what the rows' file
-    # fields name; an `edges/` the input may already have is replaced by the new one.
-    carried = sorted(entry.name for entry in os.scandir(input_dir) if entry.is_dir() and not entry.name.startswith(".") and entry.name != EDGES)
-    folder.begin([*carried, EDGES])
     report = Report(input_dir)
-    produced: set[str] = set()
+    works = [
+        Work(row["id"], fingerprint(input_dir, row), row, str(input_dir / row["mask"]))
+        for row in read_rows(input_dir, report)
+    ]
+    stage = BoundaryStage(input_dir, width, method)
+    totals = run_stage(stage, folder, works, report, engine)
     with (input_dir / MANIFEST).open("rb") as lines:
-        total = sum(1 for line in lines if line.strip())  # for the progress bar; rows are streamed
-
-    def output_rows() -> Iterator[dict[str, Any]]:
-        for row in progress(read_rows(input_dir, report), total=total, desc=f"boundary {input_dir.name}"):
-            sample_id = row["id"]
-            mask = cv2.imread(str(input_dir / row["mask"]), cv2.IMREAD_UNCHANGED)
-            if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
-                report.skip(input_dir / row["mask"], "unreadable mask: missing or not a one-channel 8-bit image", id=sample_id)
-                continue
-            files = [*carried_files(row), f"{EDGES}/{sample_id}.png"]
-            missing = next((name for name in files[:-1] if not (input_dir / name).is_file()), None)
-            if missing:
-                report.skip(input_dir / missing, "file named in the manifest is missing", id=sample_id)
-                continue
-            folder.claim(files)
-            for name in files[:-1]:
-                report.counts[place_file(input_dir / name, output / name)] += 1
-            edge = edge_map(mask, width, method)
-            write_mask(output / files[-1], edge)
-            report.counts["edge_pixels"] += int(np.count_nonzero(edge))
-            report.counts["empty_edges"] += not edge.any()
-            produced.update(files)
-            yield {**row, "edge": files[-1]}
-
-    written = write_manifest(output, output_rows())
-    report.counts["rows"] = total
-    report.counts["written"] = written
-    report.counts["removed_stale_files"] = folder.finish(produced)
+        report.counts["rows"] = sum(1 for line in lines if line.strip())
+    report.counts["written"] = totals.written
     header = {
         "stage": "boundary",
         "version": __version__,
         "input": str(input_dir),
         "output": str(output.resolve()),
         "options": {"width": width, "method": method, "person_level": PERSON_LEVEL},
-        "carried_folders": carried,
+        "carried_folders": list(stage.carried),
+        "engine": engine_header(engine, totals),
     }
     summary = report.write(output / REPORT, **header)
-    return BoundaryResult(output=output, rows=total, written=written, skipped=len(report.skipped), report=summary)
+    return BoundaryResult(output=output, rows=report.counts["rows"], written=totals.written, skipped=len(report.skipped), report=summary)
+
+
+class BoundaryStage:
+    """What boundary tells the engine (`datatool.engine.Stage`)."""
+
+    state_file = STATE
+    processed_counter = "processed"
+    batch_size = 8
+
+    def __init__(self, input_dir: Path, width: int, method: str):
+        self.input_dir = input_dir
+        self.width = width
+        self.method = method
+        self.label = f"boundary {input_dir.name}"
+        self.signature = signature(engine=ENGINE_VERSION, root=str(input_dir), width=width, method=method)
+        # The input's visible folders (images/, masks/, teacher_masks/ ...) hold what the rows' file
+        # fields name; an `edges/` the input may already have is replaced by the new one.
+        self.carried = tuple(sorted(
+            entry.name for entry in os.scandir(input_dir) if entry.is_dir() and not entry.name.startswith(".") and entry.name != EDGES
+        ))  # fmt: skip
+        self.folders = (*self.carried, EDGES)
+
+    def claims(self, work: Work) -> list[str]:
+        return [*carried_files(work.item), f"{EDGES}/{work.sample_id}.png"]
+
+    def step_factory(self):
+        return partial(BoundaryStep, self.input_dir, self.width, self.method)
+
+    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
+        report.repair(work.file, note, id=outcome.sample_id)
+
+    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
+        return row
+
+
+def fingerprint(input_dir: Path, row: dict[str, Any]) -> list | None:
+    """The row's files (size, mtime) and the row itself: a changed field reaches the output too."""
+    entries = file_fingerprint([input_dir / name for name in carried_files(row)], input_dir)
+    if entries is not None:
+        entries.append(hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest())
+    return entries
+
+
+class BoundaryStep:
+    """Reads a sample's mask, draws its edge map, and names the files to link into the output."""
+
+    def __init__(self, input_dir: Path, width: int, method: str):
+        self.input_dir = input_dir
+        self.width = width
+        self.method = method
+
+    def __call__(self, works: list[Work]) -> list[Done]:
+        return [self.edges(work) for work in works]
+
+    def edges(self, work: Work) -> Done:
+        row, sample_id = work.item, work.sample_id
+        done = Done(Outcome(sample_id=sample_id, inputs=work.inputs))
+        mask = cv2.imread(str(self.input_dir / row["mask"]), cv2.IMREAD_UNCHANGED)
+        if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
+            reason = "unreadable mask: missing or not a one-channel 8-bit image"
+            done.outcome.skip = {"file": str(self.input_dir / row["mask"]), "reason": reason, "id": sample_id}
+            return done
+        carried = carried_files(row)
+        missing = next((name for name in carried if not (self.input_dir / name).is_file()), None)
+        if missing:
+            done.outcome.skip = {"file": str(self.input_dir / missing), "reason": "file named in the manifest is missing", "id": sample_id}
+            return done
+        edge = edge_map(mask, self.width, self.method)
+        edge_file = f"{EDGES}/{sample_id}.png"
+        done.links = {name: str(self.input_dir / name) for name in carried}
+        done.files = {edge_file: mask_bytes(edge)}
+        done.outcome.counts = {"edge_pixels": int(np.count_nonzero(edge)), "empty_edges": int(not edge.any())}
+        done.outcome.row = {**row, "edge": edge_file}
+        return done
 
 
 def carried_files(row: dict[str, Any]) -> list[str]:
     """The row's own files (image, mask, teacher mask); a path that leaves the set is not followed."""
     files = [row[name] for name in FILE_FIELDS if name != "edge" and isinstance(row.get(name), str)]
     return [name for name in files if ".." not in PurePosixPath(name).parts and not PurePosixPath(name).is_absolute()]
-
-
-def place_file(source: Path, target: Path) -> str:
-    """Hard-link `source` at `target` (replacing what is there), copying across filesystems; return how."""
-    if target.is_file() and os.path.samefile(source, target):
-        return "linked_files"  # an earlier run's link is still the same file
-    target.parent.mkdir(parents=True, exist_ok=True)  # rows may name files in sub-folders
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-        how = "linked_files"
-    except OSError:  # another filesystem (EXDEV) or one without hard links (EPERM)
-        shutil.copyfile(source, temporary)
-        how = "copied_files"
-    # Replaced, never written through: the old target may be a link to an input file.
-    os.replace(temporary, target)
-    return how
 
 
 __all__ = ["BoundaryResult", "METHODS", "build_boundaries", "edge_map"]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,25 @@ def write_files(set_dir: Path, files: dict[str, bytes]) -> None:
     """Write a sample's files (paths relative to the set) as `write_file` does."""
     for relative, data in files.items():
         write_file(set_dir / relative, data)
+
+
+def link_file(source: Path, target: Path) -> str:
+    """Hard-link `source` at `target` (replacing what is there), copying across filesystems;
+    return how ("linked_files" or "copied_files", a report count)."""
+    if target.is_file() and os.path.samefile(source, target):
+        return "linked_files"  # an earlier run's link is still the same file
+    target.parent.mkdir(parents=True, exist_ok=True)  # rows may name files in sub-folders
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+        how = "linked_files"
+    except OSError:  # another filesystem (EXDEV) or one without hard links (EPERM)
+        shutil.copyfile(source, temporary)
+        how = "copied_files"
+    # Replaced, never written through: the old target may be a link to an input file.
+    os.replace(temporary, target)
+    return how
 
 
 def write_file(path: Path, data: bytes) -> None:

@@ -299,12 +299,14 @@ def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side,
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical set to write: the input's files (hard-linked) plus edges/.")
 @click.option("--width", cls=DefaultFrom, defaults=BOUNDARY_DEFAULTS, type=click.IntRange(min=1), help="Band width in pixels across the outline.")
 @click.option("--method", cls=DefaultFrom, defaults=BOUNDARY_DEFAULTS, type=click.Choice(["morph", "canny", "sobel"]), help="morph: dilate XOR erode; canny/sobel: their edge line thickened.")
-def boundary(input_dir, output_dir, width, method) -> None:
+@click.option("--workers", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.IntRange(min=0), help="Processes (1 = this process), or with --engine ray actors; 0 = all cores.")
+@engine_options
+def boundary(input_dir, output_dir, width, method, workers, **engine) -> None:
     """Edge maps of the person outline (edges/<id>.png, field `edge`) for boundary-aware losses."""
     from datatool.boundary import build_boundaries
 
     try:
-        result = build_boundaries(input_dir, output_dir, **given(width=width, method=method))
+        result = build_boundaries(input_dir, output_dir, engine=engine_from(**engine, workers=workers), **given(width=width, method=method))
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     counts, width, method = result.report["counts"], result.report["options"]["width"], result.report["options"]["method"]

@@ -9,8 +9,8 @@ a row. The engine does the rest, the same way for every stage and on either engi
 2. **Steps.** The rest goes to the step, in batches: in this process, in worker processes
    (`kind: local`, `workers` > 1), or in Ray Data's `map_batches` over an actor pool (`kind: ray`).
    A step is built once per worker (one model load per actor).
-3. **One writer.** Only the driver writes: each outcome's files, then its state line, then its
-   manifest row, in the order of the work. So both engines write the same bytes, a worker that
+3. **One writer.** Only the driver writes: each outcome's files (and hard links to input files),
+   then its state line, then its manifest row, in the order of the work. So both engines write the same bytes, a worker that
    dies and is retried writes nothing twice, and a killed driver leaves files and a state that
    the next run reuses (`datatool.outputs`: never a manifest that names missing files).
 4. **Clean-up.** Files the stage wrote before and no longer produces are removed.
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from datatool.canonical import write_files, write_manifest
+from datatool.canonical import link_file, write_files, write_manifest
 from datatool.outputs import OutputFolder
 from datatool.report import Report
 from datatool.reuse import Outcome, StateWriter, load_state
@@ -57,11 +57,13 @@ class Work:
 
 @dataclass
 class Done:
-    """What a step made of one work item: the outcome (row or skip, notes, counts) and the files
-    to write, by path relative to the output. `seconds` is the item's share of the model's time."""
+    """What a step made of one work item: the outcome (row or skip, notes, counts), the files
+    to write and the input files to link (by path relative to the output). `seconds` is the
+    item's share of the model's time."""
 
     outcome: Outcome
     files: dict[str, bytes] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # path in the output -> input file to hard-link there
     seconds: float = 0.0
 
 
@@ -134,6 +136,8 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
             outcome = done.outcome
             if not reused:
                 write_files(output, done.files)  # before the state line: a listed sample has its files
+                for target, source in done.links.items():
+                    report.counts[link_file(Path(source), output / target)] += 1
                 if totals.warmup_seconds is None:
                     totals.warmup_seconds = time.perf_counter() - started
                 totals.stepped += 1
@@ -146,7 +150,7 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
             if outcome.inputs is not None:
                 state.write(asdict(outcome))
             if outcome.skip is not None:
-                report.skip(outcome.skip["file"], outcome.skip["reason"])
+                report.skip(**outcome.skip)  # file, reason, and any details the step added (e.g. id)
                 continue
             produced.update(own_files(stage, work, outcome.row))
             yield stage.accept(work, outcome.row)

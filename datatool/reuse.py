@@ -27,7 +27,7 @@ class Outcome:
     sample_id: str
     inputs: list | None  # [[path relative to the input root, size, mtime_ns], ...]; None when a file is missing
     row: dict[str, Any] | None = None
-    skip: dict[str, str] | None = None  # {"file": ..., "reason": ...}
+    skip: dict[str, str] | None = None  # {"file": ..., "reason": ..., and any details for the report}
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 

@@ -147,6 +147,19 @@ def test_ray_and_local_ingest_write_the_same_set(tmp_path, local_ray):
     assert_same_set(tmp_path / "local", tmp_path / "ray")
 
 
+def test_ray_and_local_boundary_write_the_same_set_with_its_files_linked(tmp_path, local_ray):
+    from datatool.boundary import build_boundaries
+
+    ingest(create_source("folder", folder_dataset(tmp_path)), tmp_path / "set")
+    (tmp_path / "set/masks").joinpath(sorted((tmp_path / "set/masks").iterdir())[0].name).write_bytes(b"not a png")
+    local = build_boundaries(tmp_path / "set", tmp_path / "local")
+    on_ray = build_boundaries(tmp_path / "set", tmp_path / "ray", engine=RAY)
+    assert local.written == on_ray.written == 6 and on_ray.skipped == 1
+    assert_same_set(tmp_path / "local", tmp_path / "ray")
+    row = json.loads((tmp_path / "ray/manifest.jsonl").read_text().splitlines()[0])
+    assert os.path.samefile(tmp_path / "set" / row["image"], tmp_path / "ray" / row["image"])  # linked by the driver
+
+
 @pytest.mark.parametrize("engine", [RAY, EngineOptions(kind="local", workers=2)], ids=["ray", "local-processes"])
 def test_a_worker_killed_mid_run_is_retried_and_no_sample_is_lost_or_written_twice(tmp_path, local_ray, engine):
     photos = photo_folder(tmp_path)
