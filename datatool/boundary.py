@@ -36,8 +36,6 @@ The stage runs on `datatool.engine` (here, in worker processes or on Ray; the dr
 links). A re-run reuses every sample whose row and files are unchanged (`.boundary-state.jsonl`).
 """
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -52,7 +50,7 @@ from datatool.canonical import MANIFEST, REPORT, mask_bytes, read_rows
 from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.outputs import OutputFolder
 from datatool.report import Report
-from datatool.reuse import Outcome, file_fingerprint, signature
+from datatool.reuse import Outcome, row_fingerprint, signature
 from portraitseg.records import FILE_FIELDS
 
 ENGINE_VERSION = 1  # bump when the same input and options would give different output files
@@ -119,7 +117,7 @@ def build_boundaries(
     output = folder.path
     report = Report(input_dir)
     works = [
-        Work(row["id"], fingerprint(input_dir, row), row, str(input_dir / row["mask"]))
+        Work(row["id"], row_fingerprint([input_dir / name for name in carried_files(row)], input_dir, row), row, str(input_dir / row["mask"]))
         for row in read_rows(input_dir, report)
     ]
     stage = BoundaryStage(input_dir, width, method)
@@ -171,14 +169,6 @@ class BoundaryStage:
 
     def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
         return row
-
-
-def fingerprint(input_dir: Path, row: dict[str, Any]) -> list | None:
-    """The row's files (size, mtime) and the row itself: a changed field reaches the output too."""
-    entries = file_fingerprint([input_dir / name for name in carried_files(row)], input_dir)
-    if entries is not None:
-        entries.append(hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest())
-    return entries
 
 
 class BoundaryStep:

@@ -41,8 +41,6 @@ not run for it. Review flags are recomputed from the stored quality fields, so c
 threshold re-labels nothing.
 """
 
-import hashlib
-import json
 import operator
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,7 +57,7 @@ from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.images import ImageError, apply_orientation, oriented_size, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report, printable
-from datatool.reuse import Outcome, file_fingerprint, signature
+from datatool.reuse import Outcome, file_fingerprint, row_fingerprint, signature
 from datatool.sources.base import walk_files
 from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.imagefiles import IMAGE_SUFFIXES
@@ -346,9 +344,7 @@ class CanonicalSet:
         works = []
         for row in read_rows(self.root, report):
             photo = InputPhoto(key=row["id"], path=self.root / row["image"], row=row)
-            fingerprint = file_fingerprint([photo.path, self.root / row["mask"]], self.root)
-            if fingerprint is not None:  # a changed row (e.g. a new field) must reach the output too
-                fingerprint.append(hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest())
+            fingerprint = row_fingerprint([photo.path, self.root / row["mask"]], self.root, row)
             works.append(Work(row["id"], fingerprint, photo, str(photo.path)))
         return works
 

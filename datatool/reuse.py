@@ -49,6 +49,15 @@ def file_fingerprint(paths: Iterable[Path], root: Path) -> list | None:
     return entries
 
 
+def row_fingerprint(paths: Iterable[Path], root: Path, row: dict[str, Any]) -> list | None:
+    """`file_fingerprint` of a canonical row's files plus a hash of the row: a changed field (a
+    new column, a re-labelled mask kind) reaches the output too."""
+    entries = file_fingerprint(paths, root)
+    if entries is not None:
+        entries.append(hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest())
+    return entries
+
+
 def load_state(path: Path, run_signature: str) -> dict[str, dict[str, Any]]:
     """The previous run's entries by `sample_id`, if that run had the same signature."""
     if not path.is_file():
