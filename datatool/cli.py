@@ -27,7 +27,7 @@ def engine_options(command):
     options = [
         click.option("--engine", "engine_kind", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, field="kind", type=click.Choice(["local", "ray"]), help="Where the work runs: this machine's processes, or Ray (a local Ray runtime, or the cluster of --ray-address); needs portraitseg[ray]."),
         click.option("--ray-address", envvar="RAY_ADDRESS", default=None, help="ray: join this running cluster (e.g. ray://head:10001 or auto) [default: $RAY_ADDRESS, else start a local Ray runtime]."),
-        click.option("--cpus-per-worker", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.FloatRange(min=0), help="ray: CPUs each actor reserves (fractions allowed)."),
+        click.option("--cpus-per-worker", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.FloatRange(min=0, min_open=True), help="ray: CPUs each actor reserves (fractions allowed)."),
         click.option("--gpus-per-worker", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.FloatRange(min=0), help="ray: GPUs each actor reserves (1 with --device cuda)."),
     ]  # fmt: skip
     for option in reversed(options):
