@@ -119,7 +119,6 @@ class Totals:
     step_seconds: float = 0.0  # the steps' model time (sum of `Done.seconds`)
     stepped: int = 0  # work items that went through a step this run
     warmup_seconds: float | None = None  # from the start to the first stepped result (workers or actors starting)
-    seconds: float = 0.0  # the whole run
 
 
 def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Report, engine: EngineOptions) -> Totals:
@@ -158,7 +157,6 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
     with StateWriter(output / stage.state_file, stage.signature) as state:
         totals.written = write_manifest(output, manifest_rows(state))
     report.counts["removed_stale_files"] = folder.finish(produced)
-    totals.seconds = time.perf_counter() - started
     return totals
 
 

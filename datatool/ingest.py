@@ -14,7 +14,7 @@ and outputs are unchanged reuses its previous manifest row and report entries.
 
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,8 @@ def ingest(
     """
     name = name or source.name
     options = IngestOptions(max_side=max_side or None)
-    workers = workers or os.cpu_count() or 1
-    engine = EngineOptions(**{**asdict(engine or EngineOptions()), "workers": workers})
+    # 0 stays 0 for the engine: all of this machine's cores locally, all of the cluster's CPUs on Ray.
+    engine = replace(engine or EngineOptions(), workers=workers or 0)
     folder = OutputFolder(output, [source.root])
     output = folder.path
     report = Report(source.root)
@@ -91,7 +91,7 @@ def ingest(
         "source_format": source.name,
         "input": str(source.root),
         "output": str(output.resolve()),
-        "options": {**asdict(options), **source.options(), "workers": workers},
+        "options": {**asdict(options), **source.options(), "workers": workers or os.cpu_count() or 1},
         "mask_encodings": dict(stage.encodings.most_common()),
         "engine": engine_header(engine, totals),
     }
