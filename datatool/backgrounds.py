@@ -27,6 +27,7 @@ photos, pseudo-labelled) or from training photos only.
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,20 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import MANIFEST, REPORT, link_file, read_rows, write_file
+from datatool.canonical import MANIFEST, REPORT, read_rows
+from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.images import ImageError, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report
+from datatool.reuse import Outcome, file_fingerprint, row_fingerprint, signature
 from datatool.sources.base import walk_files
 from portraitseg.imagefiles import IMAGE_SUFFIXES
-from portraitseg.progress import progress
 
 FILLED = "filled"
 CROP = "crop"
 JPEG_QUALITY = 92
+STATE = ".backgrounds-state.jsonl"
+ENGINE_VERSION = 1  # bump when the same photos and options would give other files
 
 
 @dataclass
@@ -85,18 +89,25 @@ class BackgroundsResult:
 
 
 def build_backgrounds(
-    sets: Sequence[Path], output: Path, *, include: Sequence[Path] = (), options: BackgroundOptions | None = None
+    sets: Sequence[Path],
+    output: Path,
+    *,
+    include: Sequence[Path] = (),
+    options: BackgroundOptions | None = None,
+    engine: EngineOptions | None = None,
 ) -> BackgroundsResult:
     """Write a background library to `output`: `<set name>/` with the backgrounds cut from each canonical
     set's photos, and `<folder name>/` with the images of each `include` folder (hard-linked).
 
-    One folder for `datatool synth --backgrounds`, and one DVC output. Raises `ValueError` for a
-    missing input, clashing names or bad options; a photo that cannot be read, or that has no
-    person-free area, is reported and gives no background. Files of an earlier run that are no
-    longer produced are removed.
+    One folder for `datatool synth --backgrounds`, and one DVC output. Runs on `datatool.engine`
+    (a work item per photo and per included image; a re-run reuses the unchanged ones). Raises
+    `ValueError` for a missing input, clashing names or bad options; a photo that cannot be read,
+    or that has no person-free area, is reported and gives no background. Files of an earlier run
+    that are no longer produced are removed.
     """
     options = options or BackgroundOptions()
     options.check()
+    engine = engine or EngineOptions()
     sets = [Path(path).expanduser().resolve() for path in sets]
     include = [Path(path).expanduser().resolve() for path in include]
     if not sets and not include:
@@ -114,40 +125,18 @@ def build_backgrounds(
     library = OutputFolder(output, [*sets, *include])
     output = library.path
     report = Report()
-    rows_of_set = {set_dir: list(read_rows(set_dir, report, shown=f"{set_dir.name}/{MANIFEST}")) for set_dir in sets}
-    library.begin()
-    produced: set[str] = set()
-    photos = cut = 0
-    for set_dir, rows in rows_of_set.items():
-        photos += len(rows)
-        for row in progress(rows, desc=f"backgrounds {set_dir.name}"):
-            for kind, pixels in backgrounds_of_row(set_dir, row, options, report):
-                name = f"{set_dir.name}/{row['id']}-{kind}.jpg"
-                ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                if not ok:  # OpenCV cannot encode this array; never expected for uint8 BGR
-                    raise RuntimeError(f"could not encode background {output / name}")
-                library.claim([name])
-                (output / set_dir.name).mkdir(exist_ok=True)
-                write_file(output / name, encoded.tobytes())
-                produced.add(name)
-                cut += 1
-                report.counts[f"{kind.rstrip('0123456789')}_backgrounds"] += 1  # filled_ or crop_
-    included = 0
-    for folder in include:
-        for path in walk_files(folder, report, IMAGE_SUFFIXES):
-            name = f"{folder.name}/{path.relative_to(folder).as_posix()}"
-            try:
-                read_image(path).validate()  # linked as it is: synth must not meet a corrupt file later
-            except ImageError as error:
-                report.skip(path, f"background not usable: {error}")
-                continue
-            library.claim([name])
-            report.counts[link_file(path, output / name)] += 1
-            produced.add(name)
-            included += 1
-    # Backgrounds of photos or folders that left the inputs since the last run; nothing else is touched.
-    removed = library.finish(produced)
-    report.counts.update(photos=photos, backgrounds=cut, included=included, removed_stale_files=removed)
+    works = [
+        PhotoRow(set_dir, row).work()
+        for set_dir in sets
+        for row in read_rows(set_dir, report, shown=f"{set_dir.name}/{MANIFEST}")
+    ]
+    photos = len(works)
+    works += [IncludedImage(folder, path).work() for folder in include for path in walk_files(folder, report, IMAGE_SUFFIXES)]
+    stage = BackgroundsStage([*sets, *include], options)
+    totals = run_stage(stage, library, works, report, engine)
+    report.counts["photos"] = photos
+    for counter in ("backgrounds", "included"):  # reported even when 0
+        report.counts.setdefault(counter, 0)
     header = {
         "stage": "backgrounds",
         "version": __version__,
@@ -155,27 +144,123 @@ def build_backgrounds(
         "include": [str(path) for path in include],
         "output": str(output),
         "options": asdict(options),
+        "engine": engine_header(engine, totals),
     }
     summary = report.write(output / REPORT, **header)
-    return BackgroundsResult(output, photos, cut, included, len(report.skipped), summary)
+    counts = report.counts
+    return BackgroundsResult(output, photos, counts["backgrounds"], counts["included"], len(report.skipped), summary)
 
 
-def backgrounds_of_row(set_dir: Path, row: dict[str, Any], options: BackgroundOptions, report: Report) -> list[tuple[str, np.ndarray]]:
-    """(kind, BGR pixels) of the backgrounds of one manifest row (see `cut_backgrounds`); problems go to the report."""
-    shown = Path(set_dir.name)  # report paths as <set name>/images/...: several sets share one report
-    image = cv2.imread(str(set_dir / row["image"]), cv2.IMREAD_COLOR)
-    mask = cv2.imread(str(set_dir / row["mask"]), cv2.IMREAD_GRAYSCALE)
-    if image is None or mask is None:
-        report.skip(shown / (row["image"] if image is None else row["mask"]), "unreadable image or mask", id=row["id"])
-        return []
-    if mask.shape != image.shape[:2]:
-        size = f"mask is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}"
-        report.skip(shown / row["mask"], size, id=row["id"])
-        return []
-    pieces = cut_backgrounds(image, mask, options)
-    if not pieces:
-        report.skip(shown / row["image"], "no person-free area: people cover too much of the photo", id=row["id"])
-    return pieces
+class BackgroundsStage:
+    """What backgrounds tells the engine (`datatool.engine.Stage`): a work item is a photo of a set
+    (`PhotoRow`) or an image of an include folder (`IncludedImage`); the library has no manifest."""
+
+    state_file = STATE
+    processed_counter = "processed"
+    manifest = False
+    batch_size = 4
+    label = "backgrounds"
+
+    def __init__(self, inputs: list[Path], options: BackgroundOptions):
+        self.options = options
+        self.folders = tuple(path.name for path in inputs)
+        self.signature = signature(engine=ENGINE_VERSION, inputs=[str(path) for path in inputs], options=asdict(options))
+
+    def claims(self, work: Work) -> list[str]:
+        return work.item.claims(self.options)
+
+    def step_factory(self):
+        return partial(BackgroundsStep, self.options)
+
+    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
+        report.repair(work.file, note)
+
+    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
+        return row
+
+
+class BackgroundsStep:
+    def __init__(self, options: BackgroundOptions):
+        self.options = options
+
+    def __call__(self, works: list[Work]) -> list[Done]:
+        return [work.item.make(work, self.options) for work in works]
+
+
+@dataclass(frozen=True)
+class PhotoRow:
+    """A labelled photo of a canonical set: its backgrounds are cut out (`cut_backgrounds`)."""
+
+    set_dir: Path
+    row: dict[str, Any]
+
+    def work(self) -> Work:
+        row, set_dir = self.row, self.set_dir
+        fingerprint = row_fingerprint([set_dir / row["image"], set_dir / row["mask"]], set_dir, row)
+        return Work(f"{set_dir.name}/{row['id']}", fingerprint, self, f"{set_dir.name}/{row['image']}")
+
+    def claims(self, options: BackgroundOptions) -> list[str]:
+        kinds = [FILLED] * options.fill + [f"{CROP}{index}" for index in range(options.crops)]
+        return [self.name(kind) for kind in kinds]
+
+    def name(self, kind: str) -> str:
+        return f"{self.set_dir.name}/{self.row['id']}-{kind}.jpg"
+
+    def make(self, work: Work, options: BackgroundOptions) -> Done:
+        """The photo's backgrounds as JPEG bytes; problems are the outcome's skip."""
+        done = Done(Outcome(sample_id=work.sample_id, inputs=work.inputs))
+        row, set_dir, shown = self.row, self.set_dir, self.set_dir.name  # reports show <set name>/images/...
+        image = cv2.imread(str(set_dir / row["image"]), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(set_dir / row["mask"]), cv2.IMREAD_GRAYSCALE)
+        if image is None or mask is None:
+            done.outcome.skips.append({"file": f"{shown}/{row['image'] if image is None else row['mask']}", "reason": "unreadable image or mask", "id": row["id"]})
+            return done
+        if mask.shape != image.shape[:2]:
+            size = f"mask is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}"
+            done.outcome.skips.append({"file": f"{shown}/{row['mask']}", "reason": size, "id": row["id"]})
+            return done
+        pieces = cut_backgrounds(image, mask, options)
+        if not pieces:
+            reason = "no person-free area: people cover too much of the photo"
+            done.outcome.skips.append({"file": f"{shown}/{row['image']}", "reason": reason, "id": row["id"]})
+        for kind, pixels in pieces:
+            ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:  # OpenCV cannot encode this array; never expected for uint8 BGR
+                raise RuntimeError(f"could not encode background {self.name(kind)}")
+            done.files[self.name(kind)] = encoded.tobytes()
+            counter = f"{kind.rstrip('0123456789')}_backgrounds"  # filled_ or crop_
+            done.outcome.counts[counter] = done.outcome.counts.get(counter, 0) + 1
+        done.outcome.counts["backgrounds"] = len(pieces)
+        return done
+
+
+@dataclass(frozen=True)
+class IncludedImage:
+    """An image of a user's background folder: checked, then linked into the library as it is."""
+
+    folder: Path
+    path: Path
+
+    def work(self) -> Work:
+        name = self.name()
+        return Work(name, file_fingerprint([self.path], self.folder), self, str(self.path))
+
+    def claims(self, options: BackgroundOptions) -> list[str]:
+        return [self.name()]
+
+    def name(self) -> str:
+        return f"{self.folder.name}/{self.path.relative_to(self.folder).as_posix()}"
+
+    def make(self, work: Work, options: BackgroundOptions) -> Done:
+        done = Done(Outcome(sample_id=work.sample_id, inputs=work.inputs))
+        try:
+            read_image(self.path).validate()  # linked as it is: synth must not meet a corrupt file later
+        except ImageError as error:
+            done.outcome.skips.append({"file": str(self.path), "reason": f"background not usable: {error}"})
+            return done
+        done.links[self.name()] = str(self.path)
+        done.outcome.counts["included"] = 1
+        return done
 
 
 def cut_backgrounds(image: np.ndarray, mask: np.ndarray, options: BackgroundOptions) -> list[tuple[str, np.ndarray]]:

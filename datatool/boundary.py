@@ -143,6 +143,7 @@ class BoundaryStage:
 
     state_file = STATE
     processed_counter = "processed"
+    manifest = True
     batch_size = 8
 
     def __init__(self, input_dir: Path, width: int, method: str):
@@ -188,19 +189,19 @@ class BoundaryStep:
         mask = cv2.imread(str(self.input_dir / row["mask"]), cv2.IMREAD_UNCHANGED)
         if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
             reason = "unreadable mask: missing or not a one-channel 8-bit image"
-            done.outcome.skip = {"file": str(self.input_dir / row["mask"]), "reason": reason, "id": sample_id}
+            done.outcome.skips = [{"file": str(self.input_dir / row["mask"]), "reason": reason, "id": sample_id}]
             return done
         carried = carried_files(row)
         missing = next((name for name in carried if not (self.input_dir / name).is_file()), None)
         if missing:
-            done.outcome.skip = {"file": str(self.input_dir / missing), "reason": "file named in the manifest is missing", "id": sample_id}
+            done.outcome.skips = [{"file": str(self.input_dir / missing), "reason": "file named in the manifest is missing", "id": sample_id}]
             return done
         edge = edge_map(mask, self.width, self.method)
         edge_file = f"{EDGES}/{sample_id}.png"
         done.links = {name: str(self.input_dir / name) for name in carried}
         done.files = {edge_file: mask_bytes(edge)}
         done.outcome.counts = {"edge_pixels": int(np.count_nonzero(edge)), "empty_edges": int(not edge.any())}
-        done.outcome.row = {**row, "edge": edge_file}
+        done.outcome.rows = [{**row, "edge": edge_file}]
         return done
 
 

@@ -378,7 +378,9 @@ def split(inputs, more_inputs, sets_dir, params_path, output_dir, val_fraction, 
 @click.option("--margin", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.FloatRange(0, 0.25), help="Grow the person mask by this share of the longer side.")
 @click.option("--person-level", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.IntRange(1, 255), help="Mask value from which a pixel counts as person.")
 @click.option("--max-side", cls=DefaultFrom, defaults=BACKGROUND_DEFAULTS, type=click.IntRange(min=64), help="Shrink photos whose longer side exceeds this (px).")
-def backgrounds(input_dirs, include_dirs, output_dir, crops, min_crop, no_fill, max_person_fraction, margin, person_level, max_side) -> None:
+@click.option("--workers", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.IntRange(min=0), help="Processes (1 = this process), or with --engine ray actors; 0 = all cores.")
+@engine_options
+def backgrounds(input_dirs, include_dirs, output_dir, crops, min_crop, no_fill, max_person_fraction, margin, person_level, max_side, workers, **engine) -> None:
     """A background library for synth: person-free backgrounds cut from labelled photos, plus your own folders."""
     from datatool.backgrounds import BackgroundOptions, build_backgrounds
 
@@ -387,7 +389,7 @@ def backgrounds(input_dirs, include_dirs, output_dir, crops, min_crop, no_fill, 
                                   margin=margin, person_level=person_level, max_side=max_side),
     )  # fmt: skip
     try:
-        result = build_backgrounds(input_dirs, output_dir, include=include_dirs, options=options)
+        result = build_backgrounds(input_dirs, output_dir, include=include_dirs, options=options, engine=engine_from(**engine, workers=workers))
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     counts = result.report["counts"]
@@ -415,7 +417,9 @@ def backgrounds(input_dirs, include_dirs, output_dir, crops, min_crop, no_fill, 
 @click.option("--feather", "feather_sigma", cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=click.FloatRange(min=0), help="Gaussian sigma (px) that softens binary masks' edges.")
 @click.option("--no-augment", is_flag=True, help="No photometric augmentation of the composites.")
 @click.option("--image-format", cls=DefaultFrom, defaults=SYNTH_DEFAULTS, type=click.Choice(["jpg", "png"]), help="Composite file format.")
-def synth(foregrounds_dir, backgrounds_dirs, more_backgrounds, output_dir, name, per_foreground, size, seed, harmonise_strength, feather_sigma, no_augment, image_format) -> None:
+@click.option("--workers", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.IntRange(min=0), help="Processes (1 = this process), or with --engine ray actors; 0 = all cores.")
+@engine_options
+def synth(foregrounds_dir, backgrounds_dirs, more_backgrounds, output_dir, name, per_foreground, size, seed, harmonise_strength, feather_sigma, no_augment, image_format, workers, **engine) -> None:
     """Paste the people of a canonical set onto new backgrounds; the masks are the pasted alpha."""
     from datatool.synth import SynthOptions, synthesize
 
@@ -424,7 +428,9 @@ def synth(foregrounds_dir, backgrounds_dirs, more_backgrounds, output_dir, name,
                                         harmonise_strength=harmonise_strength, feather_sigma=feather_sigma, image_format=image_format),
     )  # fmt: skip
     try:
-        result = synthesize(foregrounds_dir, [*backgrounds_dirs, *more_backgrounds], output_dir, name=name, options=options)
+        result = synthesize(
+            foregrounds_dir, [*backgrounds_dirs, *more_backgrounds], output_dir, name=name, options=options, engine=engine_from(**engine, workers=workers)
+        )
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     report = result.report

@@ -37,7 +37,6 @@ from datatool.outputs import OutputFolder
 from datatool.report import Report
 from datatool.reuse import Outcome, StateWriter, load_state
 from portraitseg.progress import progress
-from portraitseg.records import FILE_FIELDS
 
 ENGINES = ("local", "ray")
 IN_FLIGHT_PER_WORKER = 4  # batches queued per worker process: memory stays flat however many samples
@@ -57,9 +56,9 @@ class Work:
 
 @dataclass
 class Done:
-    """What a step made of one work item: the outcome (row or skip, notes, counts), the files
-    to write and the input files to link (by path relative to the output). `seconds` is the
-    item's share of the model's time."""
+    """What a step made of one work item: the outcome (rows and skips, notes, counts), the files
+    to write and the input files to link (by path relative to the output; the engine lists both
+    as the outcome's files). `seconds` is the item's share of the model's time."""
 
     outcome: Outcome
     files: dict[str, bytes] = field(default_factory=dict)
@@ -95,6 +94,7 @@ class Stage(Protocol):
     folders: tuple[str, ...]  # sub-folders of the output the step writes into
     processed_counter: str  # report count of the samples processed now (the others are "reused")
     batch_size: int  # work items per step call
+    manifest: bool  # write the rows as manifest.jsonl (a background library has no rows)
 
     def claims(self, work: Work) -> Iterable[str]:
         """Every file this work item may be written as (claimed before anything is written)."""
@@ -115,7 +115,7 @@ class Stage(Protocol):
 
 @dataclass
 class Totals:
-    written: int = 0  # manifest rows
+    written: int = 0  # rows (of the manifest, where the stage writes one)
     step_seconds: float = 0.0  # the steps' model time (sum of `Done.seconds`)
     stepped: int = 0  # work items that went through a step this run
     warmup_seconds: float | None = None  # from the start to the first stepped result (workers or actors starting)
@@ -137,6 +137,7 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
                 write_files(output, done.files)  # before the state line: a listed sample has its files
                 for target, source in done.links.items():
                     report.counts[link_file(Path(source), output / target)] += 1
+                outcome.files = [*done.files, *done.links]
                 if totals.warmup_seconds is None:
                     totals.warmup_seconds = time.perf_counter() - started
                 totals.stepped += 1
@@ -148,14 +149,18 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
                 stage.note(report, work, outcome, note)
             if outcome.inputs is not None:
                 state.write(asdict(outcome))
-            if outcome.skip is not None:
-                report.skip(**outcome.skip)  # file, reason, and any details the step added (e.g. id)
-                continue
-            produced.update(own_files(stage, work, outcome.row))
-            yield stage.accept(work, outcome.row)
+            for skip in outcome.skips:
+                report.skip(**skip)  # file, reason, and any details the step added (e.g. id)
+            produced.update(outcome.files)
+            for row in outcome.rows:
+                yield stage.accept(work, row)
 
     with StateWriter(output / stage.state_file, stage.signature) as state:
-        totals.written = write_manifest(output, manifest_rows(state))
+        rows = manifest_rows(state)
+        if stage.manifest:
+            totals.written = write_manifest(output, rows)
+        else:
+            totals.written = sum(1 for _ in rows)
     report.counts["removed_stale_files"] = folder.finish(produced)
     return totals
 
@@ -173,7 +178,7 @@ def outcomes(
     reused: dict[int, Outcome] = {}
     for index, work in enumerate(works):
         cached = previous.get(work.sample_id)
-        if cached is not None and work.inputs is not None and cached["inputs"] == work.inputs and files_exist(stage, work, output, cached):
+        if cached is not None and work.inputs is not None and cached["inputs"] == work.inputs and files_exist(output, cached):
             reused[index] = Outcome(**cached)
     fresh = [work for index, work in enumerate(works) if index not in reused]
     run = ray_steps if engine.kind == "ray" else local_steps
@@ -185,15 +190,8 @@ def outcomes(
             yield work, next(results), False
 
 
-def own_files(stage: Stage, work: Work, row: dict[str, Any]) -> list[str]:
-    """The files of a row that the stage wrote (a row carried from the input may name others)."""
-    claimed = set(stage.claims(work))
-    return [row[name] for name in FILE_FIELDS if row.get(name) in claimed]
-
-
-def files_exist(stage: Stage, work: Work, output: Path, cached: dict[str, Any]) -> bool:
-    row = cached.get("row")
-    return row is None or all((output / name).is_file() for name in own_files(stage, work, row))
+def files_exist(output: Path, cached: dict[str, Any]) -> bool:
+    return all((output / name).is_file() for name in cached["files"])
 
 
 def batches(works: list[Work], size: int) -> Iterator[list[Work]]:
@@ -282,7 +280,7 @@ class WorkerPool:
 def died(work: Work, attempts: int) -> Done:
     """A work item whose worker process died every time: reported, and tried again on the next run."""
     reason = f"the worker process died {attempts} times on this sample (out of memory or a crash in a decoder)"
-    return Done(Outcome(sample_id=work.sample_id, inputs=None, skip={"file": work.file, "reason": reason}))
+    return Done(Outcome(sample_id=work.sample_id, inputs=None, skips=[{"file": work.file, "reason": reason}]))
 
 
 _worker_step: Step | None = None

@@ -112,6 +112,7 @@ class IngestStage:
     state_file = STATE
     folders = (IMAGES, MASKS)
     processed_counter = "processed"
+    manifest = True
     batch_size = 8  # images per step call: fewer round trips to worker processes and Ray actors
 
     def __init__(self, source: Source, name: str, options: IngestOptions):
@@ -180,15 +181,15 @@ def ingest_record(source: Source, work: Work, name: str, options: IngestOptions)
             pixels = apply_orientation(image.pixels, image.orientation)
             outcome.notes.extend(image.notes)
     except ImageError as error:
-        outcome.skip = {"file": str(record.image), "reason": str(error)}
+        outcome.skips = [{"file": str(record.image), "reason": str(error)}]
         return done
     try:
         mask = source.read_mask(record)
     except MaskError as error:
-        outcome.skip = {"file": str(record.mask), "reason": str(error)}
+        outcome.skips = [{"file": str(record.mask), "reason": str(error)}]
         return done
     except Exception as error:  # a bug or an exotic file must not end a 30,000-image run
-        outcome.skip = {"file": str(record.mask), "reason": f"unreadable mask: {type(error).__name__}: {error}"}
+        outcome.skips = [{"file": str(record.mask), "reason": f"unreadable mask: {type(error).__name__}: {error}"}]
         return done
 
     outcome.notes.extend(mask.notes)
@@ -198,7 +199,7 @@ def ingest_record(source: Source, work: Work, name: str, options: IngestOptions)
     try:
         mask, note = fit_mask(mask, (height, width))
     except MaskError as error:
-        outcome.skip = {"file": str(record.mask), "reason": str(error)}
+        outcome.skips = [{"file": str(record.mask), "reason": str(error)}]
         return done
     if note:
         outcome.notes.append(note)
@@ -214,7 +215,7 @@ def ingest_record(source: Source, work: Work, name: str, options: IngestOptions)
     if not mask.pixels.any():
         outcome.counts["empty_masks"] = 1
 
-    outcome.row = {
+    outcome.rows.append({
         "id": sample_id,
         "image": image_file,
         "mask": f"{MASKS}/{sample_id}.png",
@@ -229,7 +230,7 @@ def ingest_record(source: Source, work: Work, name: str, options: IngestOptions)
         "group": f"{name}/{record.group}",
         "official_split": record.official_split,
         **record.extra,
-    }
+    })
     return done
 
 

@@ -209,6 +209,7 @@ class PseudolabelStage:
 
     state_file = STATE
     processed_counter = "labelled_now"
+    manifest = True
 
     def __init__(self, teacher: Teacher, inputs: "PhotoFolder | CanonicalSet", name: str, options: PseudolabelOptions):
         self.teacher = teacher
@@ -393,15 +394,15 @@ class Labeller:
             try:
                 loaded.append((self.inputs.load(work.item, work.sample_id, self.options.max_side), result))
             except ImageError as error:
-                result.outcome.skip = {"file": str(work.item.path), "reason": str(error)}
+                result.outcome.skips = [{"file": str(work.item.path), "reason": str(error)}]
             except GroundTruthError as error:
-                result.outcome.skip = {"file": str(error.file), "reason": str(error)}
+                result.outcome.skips = [{"file": str(error.file), "reason": str(error)}]
         if loaded:
             started = time.perf_counter()
             probabilities, members = self.predict([item.rgb for item, _ in loaded])
             share = (time.perf_counter() - started) / len(loaded)
             for index, (item, result) in enumerate(loaded):
-                result.outcome.row = self.finish(item, probabilities[index], members[index] if members else None)
+                result.outcome.rows = [self.finish(item, probabilities[index], members[index] if members else None)]
                 result.outcome.notes, result.outcome.counts = item.notes, item.counts
                 result.files, result.seconds = item.files, share
         return done

@@ -1,9 +1,9 @@
 """Re-use between runs: a stage redoes only the inputs whose files or options changed.
 
-Each stage that writes a canonical set keeps a hidden state file beside its manifest: a header
-line with the run's *signature* (a hash of everything besides the input files that decides the
-output: options, names, engine version), then one JSON line per sample with the fingerprint of
-its input files (path, size, mtime) and what the sample became. A later run with the same
+Each stage that writes a dataset keeps a hidden state file in its output: a header line with the
+state's format and the run's *signature* (a hash of everything besides the input files that
+decides the output: options, names, engine version), then one JSON line per work item with the
+fingerprint of its input files (path, size, mtime) and what the item became. A later run with the same
 signature reuses every sample whose fingerprint and output files are unchanged, without
 decoding anything.
 """
@@ -16,18 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+STATE_FORMAT = 2  # 2: an outcome has rows, skips and files (1 had one row or one skip)
+
 
 @dataclass
 class Outcome:
-    """What one input became: a manifest row, or a skip with its reason; plus report notes.
+    """What one work item became: its manifest rows (usually one; several composites of one
+    person; none for a background library), the skips with their reasons, the output files it
+    owns, and report notes and counts.
 
-    This is what the state file stores per sample, so a re-run restores it without decoding.
+    This is what the state file stores per item, so a re-run restores it without decoding.
     """
 
     sample_id: str
     inputs: list | None  # [[path relative to the input root, size, mtime_ns], ...]; None when a file is missing
-    row: dict[str, Any] | None = None
-    skip: dict[str, str] | None = None  # {"file": ..., "reason": ..., and any details for the report}
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skips: list[dict[str, Any]] = field(default_factory=list)  # {"file": ..., "reason": ..., and any details for the report}
+    files: list[str] = field(default_factory=list)  # output files written or linked for it (set by the engine)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -65,7 +70,7 @@ def load_state(path: Path, run_signature: str) -> dict[str, dict[str, Any]]:
     with path.open() as lines:
         try:
             header = json.loads(next(lines, "{}"))
-            if header.get("signature") != run_signature:
+            if header.get("signature") != run_signature or header.get("format") != STATE_FORMAT:
                 return {}
             entries = (json.loads(line) for line in lines if line.strip())
             return {entry["sample_id"]: entry for entry in entries}
@@ -88,7 +93,7 @@ class StateWriter:
 
     def __enter__(self) -> "StateWriter":
         self.file = self.path.open("w")
-        self.write({"signature": self.signature})
+        self.write({"format": STATE_FORMAT, "signature": self.signature})
         return self
 
     def write(self, entry: dict[str, Any]) -> None:

@@ -29,8 +29,9 @@ samples.
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,18 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, encode_image, make_id, read_rows, write_manifest, write_mask
+from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, image_bytes, make_id, mask_bytes, read_rows
+from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.images import ImageError, apply_orientation, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report
+from datatool.reuse import Outcome, file_fingerprint, row_fingerprint, signature
 from datatool.sources.base import walk_files
 from portraitseg.imagefiles import IMAGE_SUFFIXES
-from portraitseg.progress import progress
 
 SOURCE_FORMAT = "synth"
+STATE = ".synth-state.jsonl"
+ENGINE_VERSION = 1  # bump when the same foregrounds, backgrounds and options would give other files
 SOFT_KINDS = ("alpha", "soft")  # masks kept as they are; "binary" ones are feathered
 BACKGROUND_CACHE = 8  # decoded backgrounds kept; a composite needs one, a folder may hold thousands
 STD_RATIO_LIMITS = (0.5, 2.0)  # a flat background must not blow the person's contrast up (or away)
@@ -115,15 +119,26 @@ class Foreground:
     soft: bool  # the mask is a matte (kept) rather than binary (feathered)
 
 
-def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Path, *, name: str | None = None, options: SynthOptions | None = None) -> SynthResult:
+def synthesize(
+    foregrounds: Path,
+    backgrounds: Path | Sequence[Path],
+    output: Path,
+    *,
+    name: str | None = None,
+    options: SynthOptions | None = None,
+    engine: EngineOptions | None = None,
+) -> SynthResult:
     """Write `per_foreground` composites of every sample of the canonical set `foregrounds` to `output`.
 
-    Raises `ValueError` when the foreground set or the background folder is missing, when the
-    background folder holds no usable image, or when the options are invalid. A foreground that
-    cannot be read is reported and skipped.
+    Runs on `datatool.engine` (one work item per foreground): a re-run with the same options and
+    backgrounds reuses the composites of unchanged foregrounds. Raises `ValueError` when the
+    foreground set or the background folder is missing, when the background folder holds no
+    usable image, or when the options are invalid. A foreground that cannot be read is reported
+    and skipped.
     """
     options = options or SynthOptions()
     options.check()
+    engine = engine or EngineOptions()
     foregrounds = Path(foregrounds).expanduser().resolve()
     folders = [Path(path).expanduser().resolve() for path in ([backgrounds] if isinstance(backgrounds, str | Path) else backgrounds)]
     if not (foregrounds / MANIFEST).is_file():
@@ -153,55 +168,12 @@ def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Pa
     rows = list(read_rows(foregrounds, report))
     report.counts["foregrounds"] = len(rows)
     report.counts["backgrounds"] = len(background_list)
-    folder.begin([IMAGES, MASKS])
-
-    compositor = Compositor(background_list, options)
-    produced: set[str] = set()
-
-    def manifest_rows() -> Iterator[dict[str, Any]]:
-        for row in progress(rows, total=len(rows), desc=f"synth {name}"):
-            try:
-                foreground = load_foreground(foregrounds, row)
-            except (ValueError, OSError) as error:  # ImageError is a ValueError
-                report.skip(str(row.get("image", "manifest.jsonl")), f"foreground not usable: {error}", id=row.get("id"))
-                continue
-            if foreground is None:
-                report.skip(row["image"], "empty mask: no person to paste", id=row["id"])
-                continue
-            for k in range(options.per_foreground):
-                sample_id = make_id(name, f"{row['id']}-s{k}")
-                try:
-                    image, alpha, paste = compositor.compose(foreground, sample_seed(options.seed, row["id"], k))
-                except BackgroundError as error:  # passed the scan's cheap check, fails the full decode
-                    report.skip(error.key, f"background not usable: {error}", id=sample_id)
-                    continue
-                files = (f"{IMAGES}/{sample_id}.{options.image_format}", f"{MASKS}/{sample_id}.png")
-                folder.claim(files)
-                encode_image(output / IMAGES / sample_id, image, "PNG" if options.image_format == "png" else "JPEG")
-                write_mask(output / files[1], alpha)
-                produced.update(files)
-                report.counts["composites"] += 1
-                yield {
-                    "id": sample_id,
-                    "image": files[0],
-                    "mask": files[1],
-                    "source": name,
-                    "source_format": SOURCE_FORMAT,
-                    "width": options.size[1],
-                    "height": options.size[0],
-                    "mask_kind": "alpha",
-                    "mask_encoding": "pasted matte" if foreground.soft else f"pasted binary mask, feathered (sigma {options.feather_sigma:g} px)",
-                    "group": row["group"],
-                    "official_split": row.get("official_split"),
-                    "foreground_id": row["id"],
-                    "foreground_source": row["source"],
-                    "foreground_mask_kind": row["mask_kind"],
-                    "background_id": paste.pop("background_id"),
-                    "paste": paste,
-                }
-
-    composites = write_manifest(output, manifest_rows())
-    report.counts["removed_stale_files"] = folder.finish(produced)
+    works = [
+        Work(row["id"], row_fingerprint([foregrounds / row["image"], foregrounds / row["mask"]], foregrounds, row), row, row["image"])
+        for row in rows
+    ]
+    stage = SynthStage(foregrounds, background_list, name, options)
+    totals = run_stage(stage, folder, works, report, engine)
     header = {
         "stage": "synth",
         "version": __version__,
@@ -210,10 +182,112 @@ def synthesize(foregrounds: Path, backgrounds: Path | Sequence[Path], output: Pa
         "output": str(output),
         "name": name,
         "options": asdict(options),
-        "composites_per_second": round(composites / report.seconds, 2) if report.seconds else None,
+        "composites_per_second": round(totals.written / report.seconds, 2) if report.seconds else None,
+        "engine": engine_header(engine, totals),
     }
     summary = report.write(output / REPORT, **header)
-    return SynthResult(output, len(rows), len(background_list), composites, len(report.skipped), summary)
+    return SynthResult(output, len(rows), len(background_list), totals.written, len(report.skipped), summary)
+
+
+class SynthStage:
+    """What synth tells the engine (`datatool.engine.Stage`): a work item is one foreground row,
+    its outcome that person's composites."""
+
+    state_file = STATE
+    processed_counter = "processed"
+    manifest = True
+    folders = (IMAGES, MASKS)
+    batch_size = 2  # foregrounds per step call (each makes per_foreground composites)
+
+    def __init__(self, foregrounds: Path, backgrounds: list[Background], name: str, options: SynthOptions):
+        self.foregrounds = foregrounds
+        self.backgrounds = backgrounds
+        self.name = name
+        self.options = options
+        self.label = f"synth {name}"
+        # Every composite may draw any background, so a changed background library changes them all.
+        self.signature = signature(
+            engine=ENGINE_VERSION, name=name, root=str(foregrounds), options=asdict(options),
+            backgrounds=[background.key for background in backgrounds],
+            library=file_fingerprint([background.path for background in backgrounds], Path("/")),
+        )  # fmt: skip
+
+    def claims(self, work: Work) -> list[str]:
+        ids = (composite_id(self.name, work.sample_id, k) for k in range(self.options.per_foreground))
+        return [path for sample_id in ids for path in composite_files(sample_id, self.options.image_format)]
+
+    def step_factory(self):
+        return partial(SynthStep, self.foregrounds, self.backgrounds, self.name, self.options)
+
+    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
+        report.repair(work.file, note, id=outcome.sample_id)
+
+    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
+        return row
+
+
+class SynthStep:
+    """Makes the composites of a batch of foregrounds (built once per worker: its own background cache)."""
+
+    def __init__(self, foregrounds: Path, backgrounds: list[Background], name: str, options: SynthOptions):
+        self.foregrounds = foregrounds
+        self.name = name
+        self.options = options
+        self.compositor = Compositor(backgrounds, options)
+
+    def __call__(self, works: list[Work]) -> list[Done]:
+        return [self.composites(work) for work in works]
+
+    def composites(self, work: Work) -> Done:
+        row, options = work.item, self.options
+        done = Done(Outcome(sample_id=work.sample_id, inputs=work.inputs))
+        outcome = done.outcome
+        try:
+            foreground = load_foreground(self.foregrounds, row)
+        except (ValueError, OSError) as error:  # ImageError is a ValueError
+            outcome.skips.append({"file": row["image"], "reason": f"foreground not usable: {error}", "id": row["id"]})
+            return done
+        if foreground is None:
+            outcome.skips.append({"file": row["image"], "reason": "empty mask: no person to paste", "id": row["id"]})
+            return done
+        for k in range(options.per_foreground):
+            sample_id = composite_id(self.name, row["id"], k)
+            try:
+                image, alpha, paste = self.compositor.compose(foreground, sample_seed(options.seed, row["id"], k))
+            except BackgroundError as error:  # passed the scan's cheap check, fails the full decode
+                outcome.skips.append({"file": error.key, "reason": f"background not usable: {error}", "id": sample_id})
+                continue
+            image_file, mask_file = composite_files(sample_id, options.image_format)
+            done.files[image_file] = image_bytes(image, f".{options.image_format}")
+            done.files[mask_file] = mask_bytes(alpha)
+            outcome.counts["composites"] = outcome.counts.get("composites", 0) + 1
+            outcome.rows.append({
+                "id": sample_id,
+                "image": image_file,
+                "mask": mask_file,
+                "source": self.name,
+                "source_format": SOURCE_FORMAT,
+                "width": options.size[1],
+                "height": options.size[0],
+                "mask_kind": "alpha",
+                "mask_encoding": "pasted matte" if foreground.soft else f"pasted binary mask, feathered (sigma {options.feather_sigma:g} px)",
+                "group": row["group"],
+                "official_split": row.get("official_split"),
+                "foreground_id": row["id"],
+                "foreground_source": row["source"],
+                "foreground_mask_kind": row["mask_kind"],
+                "background_id": paste.pop("background_id"),
+                "paste": paste,
+            })  # fmt: skip
+        return done
+
+
+def composite_id(name: str, foreground_id: str, k: int) -> str:
+    return make_id(name, f"{foreground_id}-s{k}")
+
+
+def composite_files(sample_id: str, image_format: str) -> tuple[str, str]:
+    return f"{IMAGES}/{sample_id}.{image_format}", f"{MASKS}/{sample_id}.png"
 
 
 def sample_seed(seed: int, foreground_id: str, k: int) -> int:

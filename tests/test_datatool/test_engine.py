@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 ray = pytest.importorskip("ray", reason='the Ray engine needs portraitseg[ray] (uv sync installs it with the dev group)')
 RAY = EngineOptions(kind="ray", workers=2)
-TIMING = ("seconds", "teacher_seconds", "teacher_images_per_second", "output", "engine")  # what may differ between two runs
+TIMING = ("seconds", "teacher_seconds", "teacher_images_per_second", "composites_per_second", "output", "engine")  # what may differ between two runs
 
 
 class BlueTeacher(Teacher):
@@ -158,6 +158,39 @@ def test_ray_and_local_boundary_write_the_same_set_with_its_files_linked(tmp_pat
     assert_same_set(tmp_path / "local", tmp_path / "ray")
     row = json.loads((tmp_path / "ray/manifest.jsonl").read_text().splitlines()[0])
     assert os.path.samefile(tmp_path / "set" / row["image"], tmp_path / "ray" / row["image"])  # linked by the driver
+
+
+def test_ray_and_local_backgrounds_and_synth_write_the_same_sets_and_reuse_them(tmp_path, local_ray):
+    """A work item of backgrounds is a photo (several files, no row) or an image to link; one of
+    synth is a person (several composites): bad inputs included, both engines write the same."""
+    from datatool.backgrounds import BackgroundOptions, build_backgrounds
+    from datatool.synth import SynthOptions, synthesize
+
+    people = tmp_path / "people"
+    ingest(create_source("folder", folder_dataset(tmp_path)), people)
+    rows = [json.loads(line) for line in (people / "manifest.jsonl").read_text().splitlines()]
+    (people / rows[0]["image"]).write_bytes(b"broken")  # skipped by both stages
+    write_image(people / rows[1]["mask"], np.zeros((48, 64), np.uint8))  # nobody: all background, nothing to paste
+    own = tmp_path / "own"
+    for n in range(3):
+        write_image(own / f"sub/{n}.jpg", make_photo(60, 80, seed=20 + n))
+    (own / "bad.jpg").write_bytes(b"not an image")
+    library, synth_options = BackgroundOptions(crops=2, min_crop=0.3), SynthOptions(size=(48, 48))
+    for name, engine in (("local", EngineOptions()), ("ray", RAY)):
+        backgrounds = build_backgrounds([people], tmp_path / f"{name}-bg", include=[own], options=library, engine=engine)
+        assert (backgrounds.photos, backgrounds.included, backgrounds.skipped) == (7, 3, 2)
+        composites = synthesize(people, tmp_path / "local-bg", tmp_path / f"{name}-synth", name="s", options=synth_options, engine=engine)
+        assert (composites.composites, composites.skipped) == (15, 2)
+    assert_same_set(tmp_path / "local-bg", tmp_path / "ray-bg")
+    assert_same_set(tmp_path / "local-synth", tmp_path / "ray-synth")
+
+    write_image(own / "sub/1.jpg", make_photo(60, 80, seed=99))  # one background changes
+    again = build_backgrounds([people], tmp_path / "local-bg", include=[own], options=library)
+    assert again.report["counts"]["reused"] == 10 and again.report["counts"]["processed"] == 1  # skips are reused too
+    redone = synthesize(people, tmp_path / "local-bg", tmp_path / "ray-synth", name="s", options=synth_options, engine=RAY)
+    assert redone.report["counts"]["processed"] == 7 and "reused" not in redone.report["counts"]  # any composite may use it
+    unchanged = synthesize(people, tmp_path / "local-bg", tmp_path / "ray-synth", name="s", options=synth_options, engine=RAY)
+    assert unchanged.report["counts"]["reused"] == 7 and unchanged.composites == 15
 
 
 @pytest.mark.parametrize("engine", [RAY, EngineOptions(kind="local", workers=2)], ids=["ray", "local-processes"])

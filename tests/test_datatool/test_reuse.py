@@ -1,9 +1,9 @@
-"""The re-use state shared by ingest and pseudolabel."""
+"""The re-use state shared by every stage on the engine."""
 
 
 import pytest
 
-from datatool.reuse import StateWriter, file_fingerprint, load_state, signature
+from datatool.reuse import STATE_FORMAT, StateWriter, file_fingerprint, load_state, signature
 
 
 def test_signature_is_stable_and_sensitive():
@@ -21,10 +21,18 @@ def test_fingerprint_is_relative_and_none_when_a_file_is_missing(tmp_path):
 def test_state_round_trip_and_signature_mismatch(tmp_path):
     path = tmp_path / ".state.jsonl"
     with StateWriter(path, "sig") as state:
-        state.write({"sample_id": "x", "row": {"id": "x"}})
-    assert load_state(path, "sig") == {"x": {"sample_id": "x", "row": {"id": "x"}}}
+        state.write({"sample_id": "x", "rows": [{"id": "x"}]})
+    assert load_state(path, "sig") == {"x": {"sample_id": "x", "rows": [{"id": "x"}]}}
     assert load_state(path, "other") == {}
-    path.write_text('{"signature": "sig"}\nnot json\n')
+    path.write_text(f'{{"format": {STATE_FORMAT}, "signature": "sig"}}\nnot json\n')
+    assert load_state(path, "sig") == {}
+
+
+def test_a_state_of_another_format_is_not_reused(tmp_path):
+    """A state written before outcomes listed their files must not be reused: its samples would
+    look as if they owned no files, and the clean-up would remove them."""
+    path = tmp_path / ".state.jsonl"
+    path.write_text('{"signature": "sig"}\n{"sample_id": "x", "row": {"id": "x"}}\n')
     assert load_state(path, "sig") == {}
 
 
