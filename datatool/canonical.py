@@ -18,7 +18,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datatool.images import DecodedImage
 from datatool.report import Report
 from portraitseg.records import validate_row
 
@@ -114,32 +113,10 @@ def sample_files(sample_id: str, *png_folders: str) -> tuple[str, ...]:
     return (f"{IMAGES}/{sample_id}.jpg", f"{IMAGES}/{sample_id}.png", *(f"{folder}/{sample_id}.png" for folder in (MASKS, *png_folders)))
 
 
-def copy_image(stem_path: Path, image: DecodedImage) -> str:
-    """Copy an image that needs no change byte for byte (lossless, far faster than re-encoding)."""
-    path = image_path(stem_path, image.format)
-    write_file(path, image.data)
-    return path.name
-
-
-def encode_image(stem_path: Path, pixels: np.ndarray, source_format: str) -> str:
-    """Encode a changed image: PNG sources stay PNG so nothing is lost; others become JPEG."""
-    path = image_path(stem_path, source_format)
-    write_file(path, image_bytes(pixels, path.suffix))
-    return path.name
-
-
 def image_name(sample_id: str, source_format: str) -> str:
     """`<id>.png` for PNG sources, `<id>.jpg` otherwise."""
     # Appended, not `with_suffix`: an id may contain dots ("IMG_2020.01.01-<hash>").
     return sample_id + (".png" if source_format == "PNG" else ".jpg")
-
-
-def image_path(stem_path: Path, source_format: str) -> Path:
-    """`image_name` beside `stem_path`; drops the other suffix an older run may have left."""
-    path = stem_path.with_name(image_name(stem_path.name, source_format))
-    other = ".jpg" if path.suffix == ".png" else ".png"
-    stem_path.with_name(stem_path.name + other).unlink(missing_ok=True)
-    return path
 
 
 def image_bytes(pixels: np.ndarray, suffix: str) -> bytes:
@@ -158,11 +135,6 @@ def mask_bytes(pixels: np.ndarray) -> bytes:
     if not ok:
         raise OSError("could not encode a mask as PNG")
     return encoded.tobytes()
-
-
-def write_mask(path: Path, pixels: np.ndarray) -> None:
-    """Write a mask as a single-channel PNG."""
-    write_file(path, mask_bytes(pixels))
 
 
 def write_files(set_dir: Path, files: dict[str, bytes]) -> None:

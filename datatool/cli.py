@@ -29,13 +29,14 @@ def engine_options(command):
         click.option("--ray-address", envvar="RAY_ADDRESS", default=None, help="ray: join this running cluster (e.g. ray://head:10001 or auto) [default: $RAY_ADDRESS, else start a local Ray runtime]."),
         click.option("--cpus-per-worker", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.FloatRange(min=0, min_open=True), help="ray: CPUs each actor reserves (fractions allowed)."),
         click.option("--gpus-per-worker", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.FloatRange(min=0), help="ray: GPUs each actor reserves (1 with --device cuda)."),
+        click.option("--writer", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.Choice(["driver", "workers"]), help="Who writes the images and masks: this process (files travel back to it), or the workers, straight into --output, which must then be on storage every node shares."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, workers):
+def engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, writer, workers):
     import importlib.util
 
     from datatool.engine import EngineOptions
@@ -43,7 +44,7 @@ def engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, work
     if engine_kind == "ray" and importlib.util.find_spec("ray") is None:
         raise click.UsageError('--engine ray needs Ray, which is not installed: pip install "portraitseg[ray]"')
     return EngineOptions(
-        **given(kind=engine_kind, ray_address=ray_address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, workers=workers)
+        **given(kind=engine_kind, ray_address=ray_address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, writer=writer, workers=workers)
     )
 
 
@@ -261,7 +262,7 @@ def models_fetch(names, fetch_all, cache_dir, find_links) -> None:
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
 @click.option("--workers", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.IntRange(min=0), help="Copies of the teacher: processes (1 = this process), or with --engine ray actors; 0 = all cores.")
 @engine_options
-def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, workers, engine_kind, ray_address, cpus_per_worker, gpus_per_worker, **thresholds) -> None:
+def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side, models_dir, weights, device, strict, workers, engine_kind, ray_address, cpus_per_worker, gpus_per_worker, writer, **thresholds) -> None:
     """Label photos with a teacher: soft masks plus confidence fields and a needs_review flag per photo."""
     from portraitseg.teacher_files import ModelMissingError
     from datatool.pseudolabel import PseudolabelOptions, ReviewThresholds
@@ -276,7 +277,7 @@ def pseudolabel(teacher_spec, input_dir, output_dir, name, batch_size, max_side,
     options = PseudolabelOptions(**sizes, review=ReviewThresholds(**given(**thresholds)))
     try:
         teacher = create_teacher(teacher_spec, **teacher_options)
-        engine = engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, workers)
+        engine = engine_from(engine_kind, ray_address, cpus_per_worker, gpus_per_worker, writer, workers)
         result = run_pseudolabel(teacher, input_dir, output_dir, name=name, options=options, engine=engine)
     except (TeacherError, ModelMissingError, KeyError, ValueError) as error:
         raise click.ClickException(str(error).strip("'\"")) from error

@@ -9,14 +9,19 @@ a row. The engine does the rest, the same way for every stage and on either engi
 2. **Steps.** The rest goes to the step, in batches: in this process, in worker processes
    (`kind: local`, `workers` > 1), or in Ray Data's `map_batches` over an actor pool (`kind: ray`).
    A step is built once per worker (one model load per actor).
-3. **One writer.** Only the driver writes: each outcome's files (and hard links to input files),
-   then its state line, then its manifest row, in the order of the work. So both engines write the same bytes, a worker that
-   dies and is retried writes nothing twice, and a killed driver leaves files and a state that
-   the next run reuses (`datatool.outputs`: never a manifest that names missing files).
+3. **One writer.** The driver writes each outcome's files (and hard links to input files), then
+   its state line, then its manifest rows, in the order of the work. So both engines write the
+   same bytes, a worker that dies and is retried writes nothing twice, and a killed driver leaves
+   files and a state that the next run reuses (`datatool.outputs`: never a manifest that names
+   missing files). With `writer: workers` each worker writes its outcomes' files straight into
+   the output (which must then be on storage every node shares) and returns only the outcomes;
+   the driver still writes the state and manifest after them, so the same promises hold (a retried
+   batch writes the same bytes again).
 4. **Clean-up.** Files the stage wrote before and no longer produces are removed.
 
 The Ray engine needs `pip install "portraitseg[ray]"`. Inputs must be readable at the same paths
-on every Ray node (a shared filesystem); outputs travel back to the driver as bytes.
+on every Ray node (a shared filesystem); outputs travel back to the driver as bytes, unless the
+workers write them (`writer: workers`).
 """
 
 import logging
@@ -29,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +45,7 @@ from datatool.reuse import Outcome, StateWriter, load_state
 from portraitseg.progress import progress
 
 ENGINES = ("local", "ray")
+WRITERS = ("driver", "workers")
 IN_FLIGHT_PER_WORKER = 4  # batches queued per worker process: memory stays flat however many samples
 ATTEMPTS = 3  # a batch whose worker process dies this often is reported as skipped, not retried again
 
@@ -64,6 +71,7 @@ class Done:
     files: dict[str, bytes] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)  # path in the output -> input file to hard-link there
     seconds: float = 0.0
+    linked: dict[str, int] = field(default_factory=dict)  # report counts of the links once made ("linked_files", "copied_files")
 
 
 class Step(Protocol):
@@ -79,10 +87,13 @@ class EngineOptions:
     ray_address: str | None = None  # join this Ray cluster ($RAY_ADDRESS also works); None = a local Ray runtime
     cpus_per_worker: float = 1.0  # ray: CPUs each actor reserves
     gpus_per_worker: float = 0.0  # ray: GPUs each actor reserves (1 with a CUDA teacher)
+    writer: str = "driver"  # who writes the files: the driver, or the workers (into an output on shared storage)
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINES:
             raise ValueError(f"unknown engine {self.kind!r}; choose one of: {', '.join(ENGINES)}")
+        if self.writer not in WRITERS:
+            raise ValueError(f"unknown writer {self.writer!r}; choose one of: {', '.join(WRITERS)}")
 
 
 class Stage(Protocol):
@@ -134,10 +145,8 @@ def run_stage(stage: Stage, folder: OutputFolder, works: list[Work], report: Rep
         for work, done, reused in progress(outcomes(stage, works, previous, output, engine), total=len(works), desc=stage.label):
             outcome = done.outcome
             if not reused:
-                write_files(output, done.files)  # before the state line: a listed sample has its files
-                for target, source in done.links.items():
-                    report.counts[link_file(Path(source), output / target)] += 1
-                outcome.files = [*done.files, *done.links]
+                store(output, done)  # before the state line: a listed sample has its files (workers may have stored it)
+                report.counts.update(done.linked)
                 if totals.warmup_seconds is None:
                     totals.warmup_seconds = time.perf_counter() - started
                 totals.stepped += 1
@@ -182,12 +191,40 @@ def outcomes(
             reused[index] = Outcome(**cached)
     fresh = [work for index, work in enumerate(works) if index not in reused]
     run = ray_steps if engine.kind == "ray" else local_steps
-    results = run(stage.step_factory(), fresh, stage.batch_size, engine) if fresh else iter(())
+    factory = partial(StoringStep, stage.step_factory(), output) if engine.writer == "workers" else stage.step_factory()
+    results = run(factory, fresh, stage.batch_size, engine) if fresh else iter(())
     for index, work in enumerate(works):
         if index in reused:
             yield work, Done(reused[index]), True
         else:
             yield work, next(results), False
+
+
+def store(output: Path, done: Done) -> None:
+    """Write a step's files and make its links in the output; the outcome then lists them as its own."""
+    if not done.files and not done.links:
+        return  # nothing made, or stored already (by a worker)
+    write_files(output, done.files)
+    for target, source in done.links.items():
+        how = link_file(Path(source), output / target)
+        done.linked[how] = done.linked.get(how, 0) + 1
+    done.outcome.files = [*done.files, *done.links]
+    done.files, done.links = {}, {}
+
+
+class StoringStep:
+    """A step that stores its results itself, in a worker (`writer: workers`): the file bytes
+    never travel to the driver, and the output must be the same shared folder on every node."""
+
+    def __init__(self, factory: Callable[[], Step], output: Path):
+        self.step = factory()
+        self.output = output
+
+    def __call__(self, works: list[Work]) -> list[Done]:
+        results = self.step(works)
+        for done in results:
+            store(self.output, done)
+        return results
 
 
 def files_exist(output: Path, cached: dict[str, Any]) -> bool:

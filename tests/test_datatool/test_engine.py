@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -138,13 +139,24 @@ def test_ray_and_local_pseudolabel_write_the_same_set_and_reuse_it(tmp_path, loc
     assert again.report["skipped"] == local.report["skipped"] and again.report["repaired"] == local.report["repaired"]
 
 
-def test_ray_and_local_ingest_write_the_same_set(tmp_path, local_ray):
+def test_ray_and_local_ingest_write_the_same_set_whoever_writes_the_files(tmp_path, local_ray, monkeypatch):
     data = folder_dataset(tmp_path)
     local = ingest(create_source("folder", data), tmp_path / "local", workers=2)
     on_ray = ingest(create_source("folder", data), tmp_path / "ray", workers=2, engine=RAY)
     assert local.ingested == on_ray.ingested == 7
     assert {entry["file"] for entry in on_ray.report["skipped"]} == {"images/3.jpg", "masks/5.png", "masks/orphan.png"}
     assert_same_set(tmp_path / "local", tmp_path / "ray")
+    # The workers write the files straight into the output (shared storage), the driver only the state and manifest.
+    import datatool.canonical
+
+    def driver_writes(path, data):
+        raise AssertionError(f"the driver wrote {path}")
+
+    monkeypatch.setattr(datatool.canonical, "write_file", driver_writes)  # in this process only, not in the workers
+    for name, engine in (("ray-workers", RAY), ("local-workers", EngineOptions(workers=2))):
+        by_workers = ingest(create_source("folder", data), tmp_path / name, workers=2, engine=replace(engine, writer="workers"))
+        assert by_workers.ingested == 7
+        assert_same_set(tmp_path / "local", tmp_path / name)
 
 
 def test_ray_and_local_boundary_write_the_same_set_with_its_files_linked(tmp_path, local_ray):
