@@ -48,6 +48,7 @@ ENGINES = ("local", "ray")
 WRITERS = ("driver", "workers")
 IN_FLIGHT_PER_WORKER = 4  # batches queued per worker process: memory stays flat however many samples
 ATTEMPTS = 3  # a batch whose worker process dies this often is reported as skipped, not retried again
+RAY_BATCHES_PER_TASK = 4  # the stage's batches per Ray task: each task costs Ray a few ms of scheduling and transfer
 
 
 @dataclass(frozen=True)
@@ -356,16 +357,19 @@ def ray_steps(factory: Callable[[], Step], works: list[Work], batch_size: int, e
     context.raise_original_map_exception = True  # a TeacherError reaches the command as itself
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # plan and progress lines; errors still show
     actors = engine.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // engine.cpus_per_worker))
-    dataset = ray.data.from_items(
-        [{"work": pickle.dumps(work)} for work in works], override_num_blocks=max(1, -(-len(works) // batch_size))
-    )
+    # Up to RAY_BATCHES_PER_TASK batches per task, but at least 4 tasks per actor where there is the work:
+    # a few big tasks would leave actors idle.
+    per_task = max(1, min(RAY_BATCHES_PER_TASK, -(-len(works) // (actors * 4 * batch_size))))
+    task_size = batch_size * per_task
+    tasks = max(1, -(-len(works) // task_size))
+    dataset = ray.data.from_items([{"work": pickle.dumps(work)} for work in works], override_num_blocks=tasks)
     results = dataset.map_batches(
         RayStep,
-        fn_constructor_args=(factory,),
-        batch_size=batch_size,
+        fn_constructor_args=(factory, batch_size),
+        batch_size=task_size,
         batch_format="numpy",
-        # Two batches queued per actor: it never waits for input, and decoded images stay few.
-        compute=ActorPoolStrategy(size=min(actors, -(-len(works) // batch_size)), max_tasks_in_flight_per_actor=2),
+        # Two tasks queued per actor: it never waits for input, and decoded images stay few.
+        compute=ActorPoolStrategy(size=min(actors, tasks), max_tasks_in_flight_per_actor=2),
         num_cpus=engine.cpus_per_worker,
         num_gpus=engine.gpus_per_worker,
     )  # Ray Data restarts an actor whose process dies and runs its batch again (max_restarts=-1 by default)
@@ -377,15 +381,16 @@ def ray_steps(factory: Callable[[], Step], works: list[Work], batch_size: int, e
 class RayStep:
     """A Ray Data actor: builds the step once, then turns batches of pickled work into pickled results."""
 
-    def __init__(self, factory: Callable[[], Step]):
+    def __init__(self, factory: Callable[[], Step], batch_size: int):
         limit_worker_threads()
         self.step = factory()
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
         works = [pickle.loads(work) for work in batch["work"]]
-        done = self.step(works)
+        done = [item for part in batches(works, self.batch_size) for item in self.step(part)]  # the stage's batches, as local
         return {"done": np.array([pickle.dumps(item) for item in done], dtype=object)}
 
 
