@@ -180,6 +180,8 @@ class BackgroundsStage:
 
 
 class BackgroundsStep:
+    """The step: each work item makes itself (a photo cuts its backgrounds, an included image is checked)."""
+
     def __init__(self, options: BackgroundOptions):
         self.options = options
 
