@@ -67,14 +67,18 @@ def invoke(*args):
     return CliRunner().invoke(main, ["profile", *map(str, args)])
 
 
+PROFILER_SLACK_MS = 0.1  # per-op timestamps cost a few microseconds each: at toy size (~0.1 ms a run) that is half a run
+
+
 def check_consistent(profile: Profile) -> None:
-    """Every time non-negative, the types summing the layers' counts, the total no more than ~1.5x the run."""
+    """Every time non-negative, the types summing the layers' counts, the total no more than ~1.5x
+    one run (summing all RUNS runs instead would be 5x)."""
     assert profile.latency_ms > 0 and profile.runs == RUNS
     assert all(op.ms >= 0 and op.count >= 1 for op in profile.op_types)
     assert all(layer.ms >= 0 for layer in profile.layers)
     assert [op.ms for op in profile.op_types] == sorted((op.ms for op in profile.op_types), reverse=True)
     whole_run = max(profile.latency_ms, profile.profiled_run_ms or 0.0)
-    assert 0 < profile.attributed_ms <= 1.5 * whole_run, (profile.attributed_ms, whole_run)
+    assert 0 < profile.attributed_ms <= 1.5 * whole_run + PROFILER_SLACK_MS, (profile.attributed_ms, whole_run)
 
 
 def test_onnx_profile_lists_the_nodes_ort_runs(artefacts):
