@@ -16,6 +16,8 @@ result over their union.
   mean; the score is the mean F over images. Outlines are the mask's pixels with a background
   pixel in their 3x3 neighbourhood; the tolerance is a square (chessboard) dilation, a
   max-pool. The frame is no outline, as in `datatool boundary`.
+
+`TemporalMetrics` measures flicker on video clips, frame pair by frame pair (issue 17).
 """
 
 import torch
@@ -111,3 +113,49 @@ def boundary_f_scores(predicted: Tensor, truth: Tensor, tolerance: int) -> Tenso
     precision = torch.where(predicted_count > 0, matched_predicted / predicted_count.clamp(min=1), 1.0)
     recall = torch.where(true_count > 0, matched_true / true_count.clamp(min=1), 1.0)
     return torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+
+
+class TemporalMetrics:
+    """Temporal instability over video clips, fed frame by frame in order (`start_clip` between clips).
+
+    - dtSSD, as RobustVideoMatting's evaluation computes it: per pair of consecutive frames,
+      sqrt(mean(((P_t - P_t-1) - (G_t - G_t-1))^2)) over the pixels of the probabilities P and
+      the truth G in [0, 1], then the mean over pairs (RVM prints it x100). A still mask on a still
+      truth scores 0; a prediction that follows the truth's motion exactly scores 0 too.
+    - flip rate: of the pixels whose truth stays on the same side of 0.5 from one frame to the
+      next, the share whose prediction crosses 0.5 (the flicker a viewer sees).
+    """
+
+    def __init__(self, threshold: float = PERSON_THRESHOLD):
+        self.threshold = threshold
+        self.dtssd_sum = 0.0
+        self.pairs = 0
+        self.flipped = 0
+        self.steady_pixels = 0
+        self.previous: tuple[Tensor, Tensor] | None = None
+
+    def start_clip(self) -> None:
+        """The next frame is a clip's first: it pairs with nothing before it."""
+        self.previous = None
+
+    @torch.no_grad()
+    def update(self, probability: Tensor, truth: Tensor) -> None:
+        """Add the next frame of the clip: probability and truth (H, W) in [0, 1]."""
+        probability, truth = probability.double(), truth.double()
+        if self.previous is not None:
+            previous_probability, previous_truth = self.previous
+            change = (probability - previous_probability) - (truth - previous_truth)
+            self.dtssd_sum += float(change.square().mean().sqrt())
+            self.pairs += 1
+            steady = (truth >= PERSON_THRESHOLD) == (previous_truth >= PERSON_THRESHOLD)
+            flips = (probability >= self.threshold) != (previous_probability >= self.threshold)
+            self.flipped += int((flips & steady).sum())
+            self.steady_pixels += int(steady.sum())
+        self.previous = (probability, truth)
+
+    def compute(self) -> dict[str, float | None]:
+        """{"dtssd", "flip_rate"}: means over the frame pairs seen (None before the first pair)."""
+        return {
+            "dtssd": self.dtssd_sum / self.pairs if self.pairs else None,
+            "flip_rate": self.flipped / self.steady_pixels if self.steady_pixels else None,
+        }

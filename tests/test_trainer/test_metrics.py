@@ -1,10 +1,10 @@
-"""SegmentationMetrics against values computed by hand on 2x2 and 4x4 masks."""
+"""SegmentationMetrics and TemporalMetrics against values computed by hand on small masks and clips."""
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from trainer.metrics import SegmentationMetrics, boundary_f_scores, outline
+from trainer.metrics import SegmentationMetrics, TemporalMetrics, boundary_f_scores, outline
 
 
 def as_logits(*rows: list[int]) -> torch.Tensor:
@@ -107,3 +107,49 @@ def test_reduce_sums_over_a_gloo_group(tmp_path):
         dist.destroy_process_group()
     assert metrics.compute() == pytest.approx(before)
     assert before["iou"] == pytest.approx(0.5)
+
+
+# -- TemporalMetrics: flicker on hand-made clips whose answers are known in closed form ----------
+
+
+def frame(*blocks: tuple[int, int], side: int = 4, value: float = 1.0) -> torch.Tensor:
+    """A (side, side) map with `value` in the 2x2 blocks at the given (top, left) corners."""
+    mask = torch.zeros(side, side)
+    for top, left in blocks:
+        mask[top : top + 2, left : left + 2] = value
+    return mask
+
+
+def test_a_still_mask_on_a_still_truth_has_no_flicker():
+    metrics = TemporalMetrics()
+    for _ in range(4):
+        metrics.update(frame((1, 1)), frame((1, 1)))
+    assert metrics.compute() == {"dtssd": 0.0, "flip_rate": 0.0}
+
+
+def test_a_mask_that_alternates_scores_the_closed_form_value():
+    """Truth still; the prediction gains and loses a 2x2 block (4 of 16 pixels) every frame:
+    every pair changes by 1 on 4 pixels, so dtSSD = sqrt(4/16) = 0.5, and 4 of the 16 steady pixels flip."""
+    metrics = TemporalMetrics()
+    for t in range(5):
+        metrics.update(frame((0, 0), (2, 2)) if t % 2 else frame((0, 0)), frame((0, 0)))
+    assert metrics.compute() == pytest.approx({"dtssd": 0.5, "flip_rate": 0.25})
+
+
+def test_soft_values_that_swing_across_one_half_count_in_dtssd_and_as_flips():
+    """0.4 <-> 0.6 everywhere on an empty truth: every pair changes by 0.2, every pixel flips."""
+    metrics = TemporalMetrics()
+    for t in range(3):
+        metrics.update(torch.full((4, 4), 0.6 if t % 2 else 0.4), torch.zeros(4, 4))
+    assert metrics.compute() == pytest.approx({"dtssd": 0.2, "flip_rate": 1.0})
+
+
+def test_following_the_truths_motion_is_no_flicker_and_clips_are_not_paired_across():
+    metrics = TemporalMetrics()
+    for left in (0, 1, 2):  # the person moves right; the prediction follows exactly
+        metrics.update(frame((1, left)), frame((1, left)))
+    metrics.start_clip()  # another clip: its first frame is not compared with the last one above
+    metrics.update(torch.ones(4, 4), torch.zeros(4, 4))
+    metrics.update(torch.ones(4, 4), torch.zeros(4, 4))  # wrong, but steadily so
+    assert metrics.compute() == {"dtssd": 0.0, "flip_rate": 0.0}
+    assert TemporalMetrics().compute() == {"dtssd": None, "flip_rate": None}
