@@ -12,7 +12,7 @@ Scoring and timing (`trainer.harness`) take any Predictor, so `trainer evaluate`
 teacher, its students and the export parity check are all measured the same way.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -66,3 +66,72 @@ class SquareInputPredictor:
             resize_probability(placement.crop(output), *image.shape[:2])
             for output, (_, placement), image in zip(outputs, fitted, images, strict=True)
         ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Video: frames in order
+
+
+def smooth_temporal(current: np.ndarray, previous: np.ndarray | None, ratio: float) -> np.ndarray:
+    """MediaPipe's SegmentationSmoothingCalculator (mediapipe/calculators/image/segmentation_smoothing_calculator.cc).
+
+    Each new probability p moves towards the previous frame's (smoothed) value by
+    `ratio * uncertainty(p)`; uncertainty is 1 - min(1, x (c1 + x (c2 + x (c3 + x (c4 + x c5)))))
+    with x = (p - 0.5)^2, MediaPipe's polynomial fit of 1 - (1 - H(p))^2 (H the binary entropy in
+    bits): 1 at p = 0.5, 0 for confident pixels. So confident pixels follow the new frame and
+    uncertain ones (edges, flicker) keep the past. No previous frame: the current passes through.
+    """
+    if previous is None or ratio <= 0:
+        return current
+    c1, c2, c3, c4, c5 = 5.68842, -0.748699, -57.8051, 291.309, -624.717
+    t = current - np.float32(0.5)
+    x = t * t
+    uncertainty = 1.0 - np.minimum(1.0, x * (c1 + x * (c2 + x * (c3 + x * (c4 + x * c5)))))
+    return (current + (previous - current) * (uncertainty * np.float32(ratio))).astype(np.float32)
+
+
+class FrameStream:
+    """A Predictor run over the frames of one video at a time, in order: what `trainer predict` does
+    to a video and `trainer evaluate` to a clip.
+
+    - A predictor with `takes_prior` (a student trained with `model_options.prior`) gets its own
+      output for the previous frame as its prior; the first frame of a clip gets none (an empty
+      prior), as in training. Such frames run one at a time; others run as one batch.
+    - `smooth` > 0 applies `smooth_temporal` (MediaPipe's smoothing) to each output. The prior fed
+      back is the model's own output, before smoothing.
+
+    `start_clip()` forgets the previous frame: call it between videos or clips.
+    """
+
+    def __init__(self, predictor: Predictor, smooth: float = 0.0):
+        if not 0 <= smooth < 1:
+            raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+        self.predictor = predictor
+        self.smooth = smooth
+        self.takes_prior = bool(getattr(predictor, "takes_prior", False))
+        self.start_clip()
+
+    @property
+    def input_size(self) -> int | None:
+        return self.predictor.input_size
+
+    def start_clip(self) -> None:
+        self.previous: np.ndarray | None = None  # the model's last output (the next prior)
+        self.smoothed: np.ndarray | None = None  # the last smoothed output
+
+    def predict(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The probabilities of the next `frames` of the clip, in order, each at its frame's size."""
+        if self.takes_prior:
+            raw = []
+            for frame in frames:
+                self.previous = self.predictor.predict([frame], priors=[self.previous])[0]  # type: ignore[call-arg]
+                raw.append(self.previous)
+        else:
+            raw = list(self.predictor.predict(list(frames))) if frames else []
+        if not self.smooth:
+            return raw
+        out = []
+        for probability in raw:
+            self.smoothed = smooth_temporal(probability, self.smoothed, self.smooth)
+            out.append(self.smoothed)
+        return out

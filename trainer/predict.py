@@ -12,7 +12,7 @@ One path for every model and every source:
    normalises to 0). On the 27 people-dev test photos the best student scores IoU 0.855 stretched
    and 0.814 letterboxed, so stretch is the default. A teacher does its own resizing. Either way
    the probabilities come back bilinearly at each photo's full size.
-2. Video frames may be smoothed over time (`smooth_temporal`: MediaPipe's
+2. Video frames may be smoothed over time (`portraitseg.predictor.smooth_temporal`: MediaPipe's
    SegmentationSmoothingCalculator), then the probability is refined at full resolution by a
    guided filter with the photo as its guide (`refine_edges`, OpenCV contrib's ximgproc), so its
    0.5 level follows the photo's edges (hair, outlines) instead of the model's coarse grid.
@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from portraitseg.imagefiles import IMAGE_SUFFIXES, read_rgb
-from portraitseg.predictor import Predictor
+from portraitseg.predictor import FrameStream, Predictor
 from portraitseg.progress import progress
 from portraitseg.resize import resize_probability
 from portraitseg.scoring import PERSON_THRESHOLD
@@ -96,24 +96,6 @@ def open_predictor(
 
 # ---------------------------------------------------------------------------------------------
 # Probabilities: temporal smoothing and edges
-
-
-def smooth_temporal(current: np.ndarray, previous: np.ndarray | None, ratio: float) -> np.ndarray:
-    """MediaPipe's SegmentationSmoothingCalculator (mediapipe/calculators/image/segmentation_smoothing_calculator.cc).
-
-    Each new probability p moves towards the previous frame's (smoothed) value by
-    `ratio * uncertainty(p)`; uncertainty is 1 - min(1, x (c1 + x (c2 + x (c3 + x (c4 + x c5)))))
-    with x = (p - 0.5)^2, MediaPipe's polynomial fit of 1 - (1 - H(p))^2 (H the binary entropy in
-    bits): 1 at p = 0.5, 0 for confident pixels. So confident pixels follow the new frame and
-    uncertain ones (edges, flicker) keep the past. No previous frame: the current passes through.
-    """
-    if previous is None or ratio <= 0:
-        return current
-    c1, c2, c3, c4, c5 = 5.68842, -0.748699, -57.8051, 291.309, -624.717
-    t = current - np.float32(0.5)
-    x = t * t
-    uncertainty = 1.0 - np.minimum(1.0, x * (c1 + x * (c2 + x * (c3 + x * (c4 + x * c5)))))
-    return (current + (previous - current) * (uncertainty * np.float32(ratio))).astype(np.float32)
 
 
 def refine_edges(probability: np.ndarray, photo: np.ndarray, input_size: int | None, max_side: int | None = None) -> np.ndarray:
@@ -617,7 +599,7 @@ def predict_video(
     }
     complete = False
     start = time.perf_counter()
-    previous: np.ndarray | None = None
+    frame_stream = FrameStream(predictor, options.smooth)  # smoothing, and a prior student's own previous output
     count = 0
     try:
         frames = progress(stream.frames, total=stream.total, desc=Path(source.name).name, unit="frame")
@@ -637,10 +619,8 @@ def predict_video(
             stream.audio_packets.clear()
             if not good:
                 continue
-            raw = predictor.predict(good)
-            for frame, probability in zip(good, raw, strict=True):
-                if options.smooth:  # at the model's estimate, before the edges snap to this frame
-                    probability = previous = smooth_temporal(probability, previous, options.smooth)
+            # Smoothed at the model's estimate, before the edges snap to this frame.
+            for frame, probability in zip(good, frame_stream.predict(good), strict=True):
                 if options.edges == "guided":
                     probability = refine_edges(probability, frame, predictor.input_size, VIDEO_GUIDED_SIDE)
                 background = backgrounds.for_photo(index, *frame.shape[:2]) if backgrounds else None

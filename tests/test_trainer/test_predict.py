@@ -20,7 +20,7 @@ from portraitseg.scoring import iou
 from trainer.cli import main
 from trainer.harness import as_batch
 from trainer.metrics import boundary_f_scores
-from portraitseg.predictor import SquareInputPredictor
+from portraitseg.predictor import SquareInputPredictor, smooth_temporal
 from trainer.predict import (
     IMAGENET_MEAN_RGB,
     OUTPUT_KINDS,
@@ -28,7 +28,6 @@ from trainer.predict import (
     expand_sources,
     refine_edges,
     render,
-    smooth_temporal,
     unique_names,
 )
 from portraitseg.resize import resize_image, resize_probability
