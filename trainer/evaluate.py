@@ -16,7 +16,13 @@ measures in one run:
   reference its own pre- and post-processing (/ 255, `set_tensor`, `invoke`, `get_tensor`);
   the photo resizes are outside the timing for both;
 - size: parameters and MACs (from the artefact's checkpoint, see `trainer.complexity`; an
-  export counts those of `../best.pt` beside its `export/` folder) and the artefact's file size.
+  export counts those of `../best.pt` beside its `export/` folder) and the artefact's file size;
+- video: the rows with a `clip` field (`datatool synth-video`, or clips ingested with `datatool
+  ingest clips`) are video frames. They are scored clip by clip, frames in order
+  (`trainer.harness.score_clips`): per-frame IoU and the temporal instability (dtSSD, flip rate)
+  of every candidate per frame and smoothed (`evaluate.smooth`, as `trainer predict --smooth`);
+  a student trained with `model_options.prior` sees its own previous output. The photo table
+  holds the rows without a clip, or every frame (each on its own) when the set has only clips.
 
 `trainer.evaluation_report` turns the results into metrics.json, plots, overlays and the
 leaderboard.
@@ -25,6 +31,7 @@ leaderboard.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +46,7 @@ from portraitseg.records import SplitError, read_split
 from portraitseg.teacher_files import ModelMissingError
 from portraitseg.teachers import TeacherError
 from trainer.complexity import count_macs, count_parameters
-from trainer.harness import WARMUP_CALLS, read_samples, score, time_predictors, use_threads
+from trainer.harness import WARMUP_CALLS, read_samples, score, score_clips, time_predictors, use_threads
 from trainer.model_spec import ARTEFACT_SUFFIXES, open_model
 CHECKPOINT_NAME = "best.pt"
 EXPORT_DIR = "export"
@@ -66,6 +73,7 @@ class EvaluateConfig:
     overlay_images: int = 6  # rows of reports/overlays.png
     latency_ratio_iou_window: float = 0.01  # the latency ratio takes the best student's fastest artefact
     # whose IoU is within this of that student's best
+    smooth: float = 0.7  # clips: the `trainer predict --smooth` ratio of the "smoothed" rows
 
     def __post_init__(self) -> None:
         for name in ("threads", "repeats"):
@@ -74,6 +82,8 @@ class EvaluateConfig:
         for name in ("boundary_width", "warmup", "max_images", "overlay_images"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"evaluate.{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.smooth < 1:
+            raise ConfigError(f"evaluate.smooth must be in [0, 1), got {self.smooth}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +234,10 @@ class EvaluationResult:
     overlay: dict[str, Any]  # images, masks and per-candidate probabilities of the first rows
     speed: dict[str, Any] | None  # best student's fastest artefact vs the reference
     not_verified: list[str] = dataclasses.field(default_factory=list)  # "PATH: not verified here: reason"
+    video: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # clips: one row per candidate x variant
+    clips: int = 0
+    frames: int = 0
+    smooth: float = 0.0
 
 
 def load_rows(split_dir: Path, set_name: str, max_images: int, sources: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -243,6 +257,15 @@ def load_rows(split_dir: Path, set_name: str, max_images: int, sources: Sequence
                 f"{manifest} has no row of sources {', '.join(sources)}; its sources are {', '.join(found)}"
             )
     return rows[:max_images] if max_images else rows
+
+
+def clips_of(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The rows with a `clip` field as clips (same set and clip), first-seen order, each sorted by `frame`."""
+    clips: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("clip") is not None:
+            clips.setdefault((row["set"], str(row["clip"])), []).append(row)
+    return [sorted(frames, key=lambda row: int(row.get("frame", 0))) for frames in clips.values()]
 
 
 def samples_of(split_dir: Path, rows: list[dict[str, Any]], set_name: str):
@@ -267,6 +290,8 @@ def evaluate(
             "holding <model>/best.pt (train one with `trainer train`)"
         )
     rows = load_rows(split_dir, config.set, config.max_images, config.sources)
+    clips = clips_of(rows)
+    photo_rows = [row for row in rows if row.get("clip") is None] or rows  # a clip-only set: every frame on its own
     use_threads(config.threads)
     size_cache: dict = {}
     candidates, not_verified = [], []
@@ -299,7 +324,7 @@ def evaluate(
                 overlay["predictions"][candidate.name].append(probability)
 
     predictors = [candidate.predictor for candidate in candidates]
-    quality = score(predictors, samples_of(split_dir, rows, config.set), config.boundary_width, observe)
+    quality = score(predictors, samples_of(split_dir, photo_rows, config.set), config.boundary_width, observe)
     latencies = time_predictors(predictors, first[0], config.warmup, config.repeats)
     results = []
     for candidate, metrics, latency in zip(candidates, quality, latencies, strict=True):
@@ -325,13 +350,41 @@ def evaluate(
     results.sort(key=lambda result: -result["iou"])
     return EvaluationResult(
         rows=results,
-        images=len(rows),
+        images=len(photo_rows),
         set_name=config.set,
         threads=config.threads,
         overlay=overlay,
         speed=speed_comparison(results, config.latency_ratio_iou_window),
         not_verified=not_verified,
+        video=video_rows(candidates, split_dir, clips, config),
+        clips=len(clips),
+        frames=sum(map(len, clips)),
+        smooth=config.smooth,
     )
+
+
+def video_rows(candidates: list[Candidate], split_dir: Path, clips: list[list[dict[str, Any]]], config: EvaluateConfig) -> list[dict[str, Any]]:
+    """Per-frame IoU, dtSSD and flip rate of every candidate on the clips, per frame and smoothed; best dtSSD first."""
+    if not clips:
+        return []
+    # One stream of frames (one progress bar), cut into clips in order.
+    samples = samples_of(split_dir, [row for clip in clips for row in clip], f"{config.set} clips")
+    clip_samples = (itertools.islice(samples, len(clip)) for clip in clips)
+    scores = score_clips([c.predictor for c in candidates], clip_samples, config.smooth, config.boundary_width)
+    rows = []
+    for candidate, variants in zip(candidates, scores, strict=True):
+        for variant, metrics in variants.items():
+            rows.append({
+                "model": candidate.model,
+                "backend": candidate.backend,
+                "variant": variant,
+                "prior": bool(getattr(candidate.predictor, "takes_prior", False)),
+                "reference": candidate.reference,
+                "teacher": candidate.teacher,
+                **metrics,
+            })  # fmt: skip
+    rows.sort(key=lambda row: (row["dtssd"] is None, row["dtssd"] or 0.0))
+    return rows
 
 
 def name_candidates(candidates: list[Candidate]) -> None:

@@ -1,6 +1,7 @@
 """What `trainer evaluate` writes: DVC metrics and plots, the overlay grid and the markdown leaderboard.
 
-    <output>/metrics.json                 {model: {backend: {iou, miou, ..., latency_ms, ...}}} (DVC metrics)
+    <output>/metrics.json                 {model: {backend: {iou, miou, ..., latency_ms, ...}}} (DVC metrics),
+                                          and for clips "video_clips": {model: {backend: {variant: {iou, dtssd, ...}}}}
     <output>/plots/latency_vs_iou.json    one point per model x backend (DVC plots, scatter)
     <output>/overlays.png                 rows = images; columns = input, truth, each prediction
     <output>/leaderboard.md               best IoU first, latency and its ratio to the reference
@@ -21,6 +22,7 @@ METRIC_KEYS = (
     "iou", "pooled_iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae", "latency_ms", "latency_p90_ms", "latency_ratio",
     "input_size", "params", "macs", "file_mb",
 )  # fmt: skip
+VIDEO_KEYS = ("iou", "pooled_iou", "boundary_f", "dtssd", "flip_rate", "frames", "clips")
 PLOTS_FILE = Path("plots") / "latency_vs_iou.json"
 CELL_WIDTH = 160  # px of one overlay column
 HEADER_HEIGHT = 40
@@ -72,6 +74,9 @@ def metrics_tree(result: EvaluationResult) -> dict[str, Any]:
         tree.setdefault(row["model"], {})[row["backend"]] = {
             key: row[key] for key in METRIC_KEYS if row.get(key) is not None
         }
+    for row in result.video:
+        numbers = {key: row[key] for key in VIDEO_KEYS if row.get(key) is not None}
+        tree.setdefault("video_clips", {}).setdefault(row["model"], {}).setdefault(row["backend"], {})[row["variant"]] = numbers
     if result.speed is not None:
         tree["speed_target"] = {
             key: result.speed[key]
@@ -125,7 +130,36 @@ def render_leaderboard(result: EvaluationResult) -> str:
         lines += ["", "Not evaluated:", ""] + [f"- {line}" for line in result.not_verified]
     if result.speed is not None:
         lines += ["", speed_line(result.speed, result.images)]
+    if result.video:
+        lines += ["", *video_table(result)]
     return "\n".join(lines) + "\n"
+
+
+def video_table(result: EvaluationResult) -> list[str]:
+    """The clips' table: per-frame quality and temporal instability, steadiest first."""
+    lines = [
+        "## Video clips",
+        "",
+        f"{result.clips} clips, {result.frames} frames, each clip frame by frame in order. dtSSD is RobustVideoMatting's "
+        "temporal instability (mean over frame pairs of sqrt(mean(((P_t - P_t-1) - (G_t - G_t-1))^2)); RVM prints it x100); "
+        "flip rate is the share of pixels whose prediction crosses 0.5 where the truth stays on one side. "
+        f"\"smoothed\" is `trainer predict --smooth {result.smooth:g}`; a prior student (`model_options.prior`) "
+        "is fed its own previous output.",
+        "",
+        "| Model | Backend | Frames | IoU | Pooled IoU | Boundary F | dtSSD x100 | Flip rate % |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in result.video:
+        name = f"**{row['model']}** (reference)" if row["reference"] else row["model"] + (" (teacher)" if row["teacher"] else "")
+        name += " (prior)" if row["prior"] else ""
+        dtssd, flips = row.get("dtssd"), row.get("flip_rate")
+        cells = [
+            name, row["backend"], row["variant"], f"{row['iou']:.4f}", f"{row['pooled_iou']:.4f}",
+            format_cell(row, "boundary_f", "{:.4f}"),
+            "n/a" if dtssd is None else f"{100 * dtssd:.3f}", "n/a" if flips is None else f"{100 * flips:.3f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

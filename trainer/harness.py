@@ -17,6 +17,10 @@ quality or speed comes from here:
   model's own pre- and post-processing is timed), after `warmup` untimed calls; predictors take
   turns in blocks (`measure_latencies`). Call `use_threads` first: it fixes the thread count of
   the libraries every runtime shares.
+- `score_clips`: the same per-frame quality on video clips, frame by frame in order through a
+  `portraitseg.predictor.FrameStream` (a prior student gets its own previous output), plus the
+  temporal instability of `trainer.metrics.TemporalMetrics` (dtSSD, flip rate), each predictor
+  per frame and smoothed as `trainer predict --smooth` smooths.
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ import numpy as np
 import torch
 
 from portraitseg.imagefiles import read_mask, read_rgb
-from portraitseg.predictor import Predictor
+from portraitseg.predictor import FrameStream, Predictor, smooth_temporal
 from portraitseg.progress import progress
 from portraitseg.records import resolve
 from portraitseg.resize import resize_image
 from portraitseg.scoring import iou, mean_iou, person
-from trainer.metrics import boundary_f_scores
+from trainer.metrics import TemporalMetrics, boundary_f_scores
 
 WARMUP_CALLS = 10  # untimed calls first: allocations, XNNPACK weight packing, caches
 LATENCY_ROUNDS = 5  # timing blocks per predictor (see measure_latencies)
@@ -153,6 +157,50 @@ def score(
         if observe is not None:
             observe(index, image, mask, probabilities)
     return [accumulator.compute() for accumulator in metrics]
+
+
+def score_clips(
+    predictors: Sequence[Predictor],
+    clips: Iterable[Iterable[tuple[np.ndarray, np.ndarray]]],
+    smooth: float,
+    boundary_width: int | None = 2,
+) -> list[dict[str, dict[str, float | int | None]]]:
+    """Per-frame quality and temporal stability of each predictor on the same clips, frames in order.
+
+    Returns, per predictor, {"per-frame": metrics, "smoothed": metrics}: `QualityMetrics` over all
+    frames (IoU the mean over frames) with `TemporalMetrics` (dtSSD, flip rate) and the frame and
+    clip counts. "smoothed" applies `smooth_temporal` with ratio `smooth` to the per-frame outputs,
+    as `trainer predict --smooth` does; a prior student is fed its own unsmoothed output either way,
+    so one run of the model serves both.
+    """
+    streams = [FrameStream(predictor) for predictor in predictors]
+    variants = ("per-frame", "smoothed")
+    quality = [{variant: QualityMetrics(boundary_width) for variant in variants} for _ in predictors]
+    temporal = [{variant: TemporalMetrics() for variant in variants} for _ in predictors]
+    frames = clip_count = 0
+    for clip in clips:
+        clip_count += 1
+        smoothed: list[np.ndarray | None] = [None] * len(predictors)
+        for stream, metrics in zip(streams, temporal, strict=True):
+            stream.start_clip()
+            for accumulator in metrics.values():
+                accumulator.start_clip()
+        for image, mask in clip:
+            frames += 1
+            truth = torch.from_numpy(mask.astype(np.float32) / 255.0)
+            for index, stream in enumerate(streams):
+                raw = stream.predict([image])[0]
+                smoothed[index] = smooth_temporal(raw, smoothed[index], smooth)
+                for variant, probability in zip(variants, (raw, smoothed[index]), strict=True):
+                    quality[index][variant].update(probability, mask)
+                    temporal[index][variant].update(torch.from_numpy(probability), truth)
+    return [
+        {
+            variant: {**quality[index][variant].compute(), **temporal[index][variant].compute(), "frames": frames, "clips": clip_count}
+            for variant in variants
+        }
+        for index in range(len(predictors))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

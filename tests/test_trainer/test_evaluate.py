@@ -23,9 +23,9 @@ from trainer.cli import main
 from trainer.complexity import count_macs, count_parameters
 from trainer.config import TrainConfig
 from trainer.evaluate import (
-    EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts, load_rows, model_name_of,
+    EvaluateConfig, EvaluationError, clips_of, discover_artefacts, evaluate, expand_artefacts, load_rows, model_name_of,
 )  # fmt: skip
-from trainer.harness import QualityMetrics, score, time_predictors
+from trainer.harness import QualityMetrics, score, score_clips, time_predictors
 from trainer.models import MODELS, SegmentationModel
 from trainer.train import fit
 
@@ -344,3 +344,103 @@ def test_engine_without_cuda_is_reported_not_verified(tmp_path, split_dir, model
     assert [row["backend"] for row in result.rows] == ["pytorch-fp32"]
     assert len(result.not_verified) == 1 and "not verified here" in result.not_verified[0]
     assert str(engine) in result.not_verified[0]
+
+
+# --- video clips -----------------------------------------------------------------------------
+
+
+class Scripted:
+    """A Predictor that returns the given probability maps in turn (and records the priors it was fed)."""
+
+    input_size = None
+
+    def __init__(self, maps, takes_prior: bool = False):
+        self.maps = list(maps)
+        self.takes_prior = takes_prior
+        self.priors = []
+
+    def predict(self, images, priors=None):
+        if self.takes_prior:
+            self.priors.append(None if priors[0] is None else float(priors[0].mean()))
+        return [self.maps.pop(0) for _ in images]
+
+
+def test_score_clips_measures_flicker_per_frame_and_smoothed_and_never_pairs_across_clips():
+    still = square_mask()
+    frame = np.zeros((*still.shape, 3), np.uint8)
+    on, off = still / 255.0, np.zeros(still.shape)
+    # Two clips of 3 frames on a still truth: the steady predictor is exact; the flickering one
+    # loses the person on every second frame (a jump of 1 on 100 of 400 pixels: dtSSD sqrt(100/400)).
+    steady = Scripted([on] * 6)
+    flicker = Scripted([on, off, on] * 2)
+    # A prior student that returns 0.25 + its prior's mean, to show what it is fed.
+    prior_student = Scripted([np.full(still.shape, 0.25 * k) for k in (1, 2, 3, 1, 2, 3)], takes_prior=True)
+    clips = [[(frame, still)] * 3 for _ in range(2)]
+    results = score_clips([steady, flicker, prior_student], clips, smooth=0.7, boundary_width=None)
+
+    exact, flickering = results[0]["per-frame"], results[1]["per-frame"]
+    assert exact["dtssd"] == 0.0 and exact["flip_rate"] == 0.0 and exact["iou"] == 1.0
+    assert (exact["frames"], exact["clips"]) == (6, 2)
+    assert flickering["dtssd"] == pytest.approx(0.5)  # 4 pairs (2 per clip), each sqrt(100 / 400)
+    assert flickering["flip_rate"] == pytest.approx(100 / 400)
+    assert flickering["iou"] == pytest.approx(4 / 6)
+    # MediaPipe's smoothing holds uncertain pixels only; these jumps are between confident values: (almost) unchanged.
+    assert results[1]["smoothed"]["dtssd"] == pytest.approx(0.5, abs=1e-3)
+    # The prior student was fed nothing on each clip's first frame, then its own unsmoothed output.
+    assert prior_student.priors == [None, 0.25, 0.5, None, 0.25, 0.5]
+
+
+def test_smoothing_damps_uncertain_flicker():
+    truth = np.zeros((8, 8), np.uint8)
+    frame = np.zeros((8, 8, 3), np.uint8)
+    wavering = Scripted([np.full((8, 8), value, np.float32) for value in (0.45, 0.55) * 3])
+    result = score_clips([wavering], [[(frame, truth)] * 6], smooth=0.7, boundary_width=None)[0]
+    assert result["per-frame"]["flip_rate"] == 1.0  # every pixel crosses 0.5 on every frame
+    assert result["per-frame"]["dtssd"] == pytest.approx(0.1)
+    assert result["smoothed"]["dtssd"] < 0.5 * result["per-frame"]["dtssd"]
+
+
+@pytest.fixture(scope="module")
+def clip_split_dir(tmp_path_factory) -> Path:
+    """test.jsonl: 2 photos and 2 clips of 3 frames, the frames listed out of order."""
+    root = tmp_path_factory.mktemp("clip-split")
+    rows = [{**write_sample(root / "blobs", f"photo{i}", 300 + i), "split": "test"} for i in range(2)]
+    for clip in range(2):
+        for frame in (2, 0, 1):
+            row = write_sample(root / "blobs", f"clip{clip}-f{frame}", 400 + 10 * clip + frame)
+            rows.append({**row, "split": "test", "clip": f"clip{clip}", "frame": frame, "fps": 15.0, "group": f"clip{clip}"})
+    (root / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def test_evaluate_scores_clips_frame_by_frame_beside_the_photos(tmp_path, clip_split_dir, models_dir):
+    output = tmp_path / "reports"
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--artefact", str(models_dir / "tiny"), "--split-dir", str(clip_split_dir), "--output", str(output),
+         "--params", str(quick_params(tmp_path, smooth=0.5)), "--threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    video = metrics["video_clips"]["tiny"]
+    assert set(video) == {"pytorch-fp32", "onnxruntime-fp32"}
+    for variants in video.values():
+        assert set(variants) == {"per-frame", "smoothed"}
+        for numbers in variants.values():
+            assert (numbers["frames"], numbers["clips"]) == (6, 2)
+            assert 0 <= numbers["iou"] <= 1 and numbers["dtssd"] >= 0 and 0 <= numbers["flip_rate"] <= 1
+    assert abs(video["pytorch-fp32"]["per-frame"]["dtssd"] - video["onnxruntime-fp32"]["per-frame"]["dtssd"]) < 1e-3
+    leaderboard = (output / "leaderboard.md").read_text()
+    assert "2 images of the `test` split" in leaderboard  # the photo table: the rows without a clip
+    assert "## Video clips" in leaderboard and "2 clips, 6 frames" in leaderboard and "--smooth 0.5" in leaderboard
+    assert leaderboard.count("| tiny | pytorch-fp32 | per-frame |") == 1
+
+
+def test_clips_are_cut_in_frame_order():
+    rows = [
+        {"set": "a", "clip": "x", "frame": 1}, {"set": "a", "clip": "y", "frame": 0}, {"set": "a", "clip": "x", "frame": 0},
+        {"set": "b", "clip": "x", "frame": 0}, {"set": "a", "id": "photo"},
+    ]  # fmt: skip
+    assert [[(row["set"], row["clip"], row["frame"]) for row in clip] for clip in clips_of(rows)] == [
+        [("a", "x", 0), ("a", "x", 1)], [("a", "y", 0)], [("b", "x", 0)],
+    ]  # fmt: skip
