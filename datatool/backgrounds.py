@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from datatool import __version__
-from datatool.canonical import MANIFEST, REPORT, read_rows
+from datatool.canonical import MANIFEST, REPORT, image_bytes, read_rows
 from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
 from datatool.images import ImageError, read_image
 from datatool.outputs import OutputFolder
@@ -46,7 +46,7 @@ from portraitseg.imagefiles import IMAGE_SUFFIXES
 
 FILLED = "filled"
 CROP = "crop"
-JPEG_QUALITY = 92
+JPEG_QUALITY = 92  # what backgrounds have always been written at: another value changes every background file
 STATE = ".backgrounds-state.jsonl"
 ENGINE_VERSION = 1  # bump when the same photos and options would give other files
 
@@ -226,10 +226,7 @@ class PhotoRow:
             reason = "no person-free area: people cover too much of the photo"
             done.outcome.skips.append({"file": f"{shown}/{row['image']}", "reason": reason, "id": row["id"]})
         for kind, pixels in pieces:
-            ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            if not ok:  # OpenCV cannot encode this array; never expected for uint8 BGR
-                raise RuntimeError(f"could not encode background {self.name(kind)}")
-            done.files[self.name(kind)] = encoded.tobytes()
+            done.files[self.name(kind)] = image_bytes(pixels, ".jpg", JPEG_QUALITY)
             counter = f"{kind.rstrip('0123456789')}_backgrounds"  # filled_ or crop_
             done.outcome.counts[counter] = done.outcome.counts.get(counter, 0) + 1
         done.outcome.counts["backgrounds"] = len(pieces)

@@ -119,9 +119,9 @@ def image_name(sample_id: str, source_format: str) -> str:
     return sample_id + (".png" if source_format == "PNG" else ".jpg")
 
 
-def image_bytes(pixels: np.ndarray, suffix: str) -> bytes:
-    """A changed image encoded as `suffix` (.png lossless, .jpg at `JPEG_QUALITY`)."""
-    params = [] if suffix == ".png" else [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+def image_bytes(pixels: np.ndarray, suffix: str, jpeg_quality: int = JPEG_QUALITY) -> bytes:
+    """A changed image encoded as `suffix` (.png lossless, .jpg at `jpeg_quality`)."""
+    params = [] if suffix == ".png" else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
     ok, encoded = cv2.imencode(suffix, pixels, params)
     if not ok:
         raise OSError(f"could not encode an image as {suffix}")
