@@ -170,6 +170,11 @@ def load_init_weights(model: nn.Module, path: str | Path, name: str, options: di
     load would train from scratch while claiming to start from pretrained weights. The model it
     was made for may differ: `mobile_unet` and `lraspp_mnv2` share their encoder's tensors, so
     one imported encoder starts either.
+
+    One shape difference is allowed: a model with a prior channel (`model_options.prior`) has a
+    (C, 4, k, k) stem where the file, made for the RGB model, holds (C, 3, k, k). The saved tensor
+    fills the RGB part and the prior's weights are zero, so the model starts as the RGB model it
+    was made for (`trainer.models.base.add_prior_channel`).
     """
     path = Path(path)
     if not path.is_file():
@@ -182,13 +187,23 @@ def load_init_weights(model: nn.Module, path: str | Path, name: str, options: di
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
         raise CheckpointError(f"train.init_weights: {path} holds no state_dict (expected `trainer import-encoder` output or a checkpoint)")
     own = model.state_dict()
-    unknown = sorted(key for key in saved["state_dict"] if key not in own)
-    reshaped = sorted(key for key, value in saved["state_dict"].items() if key in own and own[key].shape != value.shape)
-    if unknown or reshaped or not saved["state_dict"]:
+    tensors = {key: with_empty_prior_weights(value, own.get(key)) for key, value in saved["state_dict"].items()}
+    unknown = sorted(key for key in tensors if key not in own)
+    reshaped = sorted(key for key, value in tensors.items() if key in own and own[key].shape != value.shape)
+    if unknown or reshaped or not tensors:
         raise CheckpointError(
             f"train.init_weights: {path} was made for {saved.get('model')} {saved.get('model_options')} and does not "
             f"fit this run's {name} {options}: {len(unknown)} unknown tensors {unknown[:3]}, {len(reshaped)} of "
             f"another shape {reshaped[:3]}; set train.model and train.model_options to a model it fits"
         )
-    model.load_state_dict(saved["state_dict"], strict=False)
-    return {key for key, _ in model.named_parameters() if key in saved["state_dict"]}
+    model.load_state_dict(tensors, strict=False)
+    return {key for key, _ in model.named_parameters() if key in tensors}
+
+
+def with_empty_prior_weights(saved: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+    """A saved RGB stem weight (C, 3, k, k) widened with zeros to a prior model's (C, 4, k, k); any other tensor as it is."""
+    if own is None or saved.ndim != 4 or own.ndim != 4 or (saved.shape[1], own.shape[1]) != (3, 4):
+        return saved
+    if saved.shape[0] != own.shape[0] or saved.shape[2:] != own.shape[2:]:
+        return saved  # another shape difference: refused by the caller's check
+    return torch.cat([saved, torch.zeros_like(saved[:, :1])], dim=1)

@@ -33,7 +33,7 @@ def layer_macs(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch
 
 @torch.no_grad()
 def count_macs(model: nn.Module, size: int) -> int:
-    """MACs of `model` on one (1, 3, size, size) input (convolutions and linear layers)."""
+    """MACs of `model` on one (1, C, size, size) input (convolutions and linear layers)."""
     total = 0
 
     def add(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -45,7 +45,7 @@ def count_macs(model: nn.Module, size: int) -> int:
     try:
         was_training = model.training
         model.eval()
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, getattr(model, "in_channels", 3), size, size))  # 4 channels for a prior model
         model.train(was_training)
     finally:
         for handle in handles:

@@ -81,6 +81,25 @@ def test_eval_is_deterministic_and_forward_is_the_mask(model):
     torch.testing.assert_close(aux["mask"], first)
 
 
+def test_prior_option_adds_a_fourth_channel_that_starts_as_the_rgb_model(model_name):
+    # model_options.prior widens the stem; with the prior's weights at zero the model computes
+    # exactly what the RGB model of the same seed does, whatever the prior holds.
+    torch.manual_seed(0)
+    rgb = create_model(model_name).eval()
+    torch.manual_seed(0)
+    prior = create_model(model_name, prior=True).eval()
+    assert (rgb.in_channels, prior.in_channels) == (3, 4)
+    x, previous = torch.randn(2, 3, 64, 64), torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        logits = prior(torch.cat([x, previous], dim=1))
+        assert logits.shape == (2, 1, 64, 64)
+        torch.testing.assert_close(logits, rgb(x), rtol=0, atol=0)
+    stem = next(module for module in prior.modules() if isinstance(module, torch.nn.Conv2d) and module.in_channels == 4)
+    prior.train()
+    prior(torch.cat([x, previous], dim=1)).square().mean().backward()
+    assert stem.weight.grad[:, 3].abs().sum() > 0  # the prior's weights learn
+
+
 def randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every batch norm trained-looking statistics, so a fresh model's output is not near-constant."""
     generator = torch.Generator().manual_seed(seed)

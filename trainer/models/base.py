@@ -17,10 +17,14 @@ class SegmentationModel(nn.Module):
     `forward_with_aux` returns every training output by name ("mask", plus "edge" for models
     with an auxiliary boundary head). Constructors never download or load weights unless the
     `pretrained` option asks for them.
+
+    A model built with the `prior` option (`add_prior_channel`) takes (N, 4, H, W): the normalised
+    RGB, then the previous frame's person probability in [0, 1]; `in_channels` says which.
     """
 
     # Input sides must be a multiple of this (the coarsest feature map's stride).
     output_stride: int = 32
+    in_channels: int = 3  # 4 for a model that also takes the previous frame's mask (`add_prior_channel`)
 
     def forward_with_aux(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mask": self(x)}
@@ -104,6 +108,47 @@ class StagedEncoder(nn.Module):
             x = stage(x)
             features.append(x)
         return features
+
+
+def add_prior_channel(model: SegmentationModel) -> SegmentationModel:
+    """Widen `model`'s stem to a fourth input channel, the previous frame's mask; returns `model`.
+
+    The stem is the one convolution that consumes the input itself, found with a dry forward
+    (module order alone would not say which convolution that is). It keeps its RGB weights and
+    the prior's weights start at zero, so the widened model computes exactly what the RGB model
+    does at step 0 (a pretrained start stays pretrained) and training decides how much to trust
+    the prior. A second dry forward checks that the model now takes (N, 4, H, W).
+    """
+    probe_side = max(64, 2 * model.output_stride)
+    probe = torch.zeros(1, 3, probe_side, probe_side)
+    stems: list[nn.Conv2d] = []
+
+    def record_stem(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if inputs[0] is probe:
+            stems.append(layer)
+
+    hooks = [layer.register_forward_pre_hook(record_stem) for layer in model.modules() if isinstance(layer, nn.Conv2d)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(stems) != 1 or stems[0].groups != 1:
+        raise ValueError(f"cannot add a prior channel to {type(model).__name__}: it needs exactly one ordinary "
+                         f"convolution that reads the input, found {len(stems)}")  # fmt: skip
+    stem = stems[0]
+    rgb_weight = stem.weight.detach()  # (C, 3, k, k)
+    stem.weight = nn.Parameter(torch.cat([rgb_weight, torch.zeros_like(rgb_weight[:, :1])], dim=1))  # (C, 4, k, k)
+    stem.in_channels = 4
+    model.in_channels = 4
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 4, probe_side, probe_side))
+    model.train(was_training)
+    if logits.shape != (1, 1, probe_side, probe_side):
+        raise ValueError(f"{type(model).__name__} with a prior channel gives {tuple(logits.shape)} for a 4-channel input")
+    return model
 
 
 def fuse_conv_batch_norm(model: nn.Module) -> nn.Module:
