@@ -50,6 +50,8 @@ class TrainConfig:
     pos_weight: float = 0.0  # BCE positive weight; 0 estimates #background/#foreground on the train set
     augment: bool = True  # albumentations augmentation of the train set
     copy_paste: float = 0.0  # probability of pasting another train sample's person onto an item
+    prior_empty: float = 0.2  # with model_options {prior: true}: share of training items whose simulated
+    # previous-frame mask is empty, as on a clip's first frame (trainer.data.PriorSimulation)
     max_train_samples: int = 0  # 0 = all; a quick run or a test uses the first N (after a seeded shuffle)
     max_val_samples: int = 0  # 0 = all
     val_sources: list[str] = dataclasses.field(default_factory=list)  # validate only on rows of these
@@ -68,8 +70,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.copy_paste <= 1.0:
-            raise ConfigError(f"train.copy_paste is a probability in [0, 1], got {self.copy_paste}")
+        for name in ("copy_paste", "prior_empty"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.{name} is a probability in [0, 1], got {getattr(self, name)}")
         for name in ("warmup_epochs", "max_train_samples", "max_val_samples", "num_workers", "plateau_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
@@ -83,6 +86,11 @@ class TrainConfig:
         for name, weight in self.loss_weights.items():
             if weight < 0:
                 raise ConfigError(f"train.loss_weights.{name} must not be negative, got {weight}")
+
+    @property
+    def prior(self) -> bool:
+        """Whether the student takes the previous frame's mask as a fourth input (model_options.prior)."""
+        return bool(self.model_options.get("prior", False))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only: goes into checkpoints (loaded with weights_only=True) and config.json."""

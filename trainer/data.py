@@ -13,6 +13,8 @@ An item is a dict of tensors at `size` x `size`:
   independent photometric draw, for the consistency loss (PortraitNet compares the predictions
   of a photo and its texture-augmented copy, which only works pixel by pixel when both share
   their geometry);
+- `prior` (1, S, S) float32 in [0, 1], given a `prior` (`PriorSimulation`): a simulated previous
+  frame's mask for a student that takes one (`model_options.prior`);
 - `id` (str).
 
 Copy-paste (`copy_paste` > 0, training only): with that probability the person of another
@@ -156,6 +158,46 @@ def build_transforms(size: int, augment: bool) -> PairedTransforms:
     )
 
 
+@dataclass(frozen=True)
+class PriorSimulation:
+    """How the previous frame's mask is simulated from an item's own (augmented) truth mask.
+
+    A prior student is trained on photos, not clips, so its fourth input is made up: the truth
+    moved a little, as the person and camera move between frames (an affine warp), with its
+    outline a little off, as the model's own previous output would be (erosion or dilation, then
+    a blur that makes it soft like a probability), and for an `empty_share` of items no prior at
+    all, as on the first frame of a clip, so that the student still segments on its own.
+    """
+
+    empty_share: float  # share of all-zero priors (train.prior_empty)
+    shift: float = 0.04  # largest shift, as a share of S
+    scale: float = 0.08  # largest relative change of size
+    rotation: float = 4.0  # largest rotation, degrees
+    morphology_px: int = 3  # largest erosion or dilation radius, px at S = 128 (scaled with S)
+    blur_sigma: float = 1.5  # largest Gaussian blur sigma, px at S = 128 (scaled with S)
+
+    def __call__(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(S, S) float32 truth in [0, 1] -> a simulated previous-frame probability (S, S) float32 in [0, 1]."""
+        size = mask.shape[0]
+        if rng.random() < self.empty_share:
+            return np.zeros_like(mask, dtype=np.float32)
+        shift_x, shift_y = rng.uniform(-self.shift, self.shift, 2) * size
+        matrix = cv2.getRotationMatrix2D(
+            (size / 2, size / 2), rng.uniform(-self.rotation, self.rotation), 1.0 + rng.uniform(-self.scale, self.scale)
+        )
+        matrix[:, 2] += (shift_x, shift_y)
+        prior = cv2.warpAffine(mask.astype(np.float32), matrix, (size, size), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+        radius = round(rng.uniform(0, self.morphology_px) * size / 128)
+        if radius > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+            prior = (cv2.erode if rng.random() < 0.5 else cv2.dilate)(prior, kernel)
+        sigma = rng.uniform(0, self.blur_sigma) * size / 128
+        if sigma > 0.3:  # below that the 3-tap kernel is an identity
+            prior = cv2.GaussianBlur(prior, (0, 0), sigma)
+        return np.clip(prior, 0.0, 1.0).astype(np.float32)
+
+
 def read_gray(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) float32 in [0, 1] from a uint8 PNG (255 = person / band); must match the image's `shape`."""
     values = read_mask(path)
@@ -178,6 +220,7 @@ class SegmentationDataset(Dataset):
         with_second_view: bool = False,
         sources: Sequence[str] = (),
         copy_paste: float = 0.0,
+        prior: PriorSimulation | None = None,
     ):
         self.split_dir = Path(split_dir)
         self.manifest = self.split_dir / f"{split}.jsonl"
@@ -200,7 +243,9 @@ class SegmentationDataset(Dataset):
         self.rows = present
         self.with_second_view = with_second_view
         self.transforms = build_transforms(size, augment)
+        self.augment = augment
         self.copy_paste = copy_paste
+        self.prior = prior  # how to simulate the `prior` of each item; None = items without one
 
     def files_of(self, row: dict[str, Any]) -> list[Path]:
         """The files `load` reads for `row`."""
@@ -267,6 +312,12 @@ class SegmentationDataset(Dataset):
             item["has_teacher"] = has_teacher
         if self.with_second_view:
             item["image_b"] = torch.from_numpy(out["image_b"].transpose(2, 0, 1).copy())
+        if self.prior is not None:
+            # Training items draw their prior from the item's seed; validation items from their
+            # index, so every epoch validates on the same priors and val IoU stays comparable.
+            prior_seed = seed + 3 if self.augment else index
+            prior = self.prior(item["mask"][0].numpy(), np.random.default_rng(prior_seed))
+            item["prior"] = torch.from_numpy(prior[None])  # (1, S, S)
         return item
 
 
@@ -275,6 +326,9 @@ def paste_person(item: dict[str, Any], donor: dict[str, Any], generator: torch.G
 
     The donor's mask is its alpha; the targets become what the composite shows: mask and teacher
     the union, the edge band the item's band outside the pasted person plus the band around it.
+    A simulated `prior` is left as it is: the composite is then a frame where a person has just
+    stepped into view, which teaches a prior student that the image, not the prior, says where
+    people are (pasting the exact alpha into the prior would instead teach it to copy the prior).
     """
     size = item["mask"].shape[-1]
     scale = 0.5 + 0.5 * torch.rand((), generator=generator).item()

@@ -50,7 +50,7 @@ from trainer.checkpoint import (
 )
 from trainer.complexity import count_parameters
 from trainer.config import TrainConfig
-from trainer.data import SegmentationDataset, estimate_pos_weight
+from trainer.data import PriorSimulation, SegmentationDataset, estimate_pos_weight
 from trainer.losses import SegmentationLoss
 from trainer.metrics import SegmentationMetrics
 from trainer.models import create_model
@@ -127,9 +127,11 @@ def first_samples(dataset: Dataset, limit: int, seed: int) -> Dataset:
 def build_datasets(config: TrainConfig, split_dir: str | Path, quiet: bool = False) -> tuple[Dataset, Dataset]:
     """Train (augmented, with what the weighted loss terms need) and val (resize only) sets of `split_dir`.
 
-    Rows whose files are missing are left out and listed on stderr (unless `quiet`); a set left
-    with no rows is a `SplitError` naming its manifest.
+    A prior student's items carry a simulated previous-frame mask (`PriorSimulation`): random on
+    the train set, fixed per item on the val set. Rows whose files are missing are left out and
+    listed on stderr (unless `quiet`); a set left with no rows is a `SplitError` naming its manifest.
     """
+    prior = PriorSimulation(empty_share=config.prior_empty) if config.prior else None
     train_set = SegmentationDataset(
         split_dir,
         "train",
@@ -139,9 +141,10 @@ def build_datasets(config: TrainConfig, split_dir: str | Path, quiet: bool = Fal
         with_teacher=config.loss_weights.get("distillation", 0.0) > 0,
         with_second_view=config.loss_weights.get("consistency", 0.0) > 0,
         copy_paste=config.copy_paste if config.augment else 0.0,
+        prior=prior,
     )
     val_set = SegmentationDataset(
-        split_dir, "val", config.size, augment=False, with_edges=True, sources=config.val_sources
+        split_dir, "val", config.size, augment=False, with_edges=True, sources=config.val_sources, prior=prior
     )
     if len(train_set) == 0 or len(val_set) == 0:
         sources = f" of sources {', '.join(config.val_sources)}" if config.val_sources else ""
@@ -227,12 +230,20 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def model_input(batch: dict[str, Any], key: str = "image") -> torch.Tensor:
+    """What the model sees of `batch[key]` (an image view): (N, 3, S, S), or (N, 4, S, S) with the
+    batch's simulated previous-frame mask appended for a prior student (its batches hold "prior")."""
+    if "prior" not in batch:
+        return batch[key]
+    return torch.cat([batch[key], batch["prior"]], dim=1)
+
+
 def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
     moved = {
         key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value for key, value in batch.items()
     }
     if channels_last:
-        for key in ("image", "image_b"):
+        for key in ("image", "image_b", "prior"):
             if key in moved:
                 moved[key] = moved[key].contiguous(memory_format=torch.channels_last)
     return moved
@@ -272,7 +283,7 @@ def train_one_epoch(
         batch = move_batch(batch, device, channels_last)
         with autocast(device, amp):
             # {"mask": (N, 1, H, W) logits, optional "edge" and "mask_b" (the second view's mask)}
-            outputs = model(batch["image"], batch.get("image_b"))
+            outputs = model(model_input(batch), model_input(batch, "image_b") if "image_b" in batch else None)
         # The loss runs in float32: BCE/Dice on float16 logits lose the small-probability tail.
         outputs = {name: logits.float() for name, logits in outputs.items()}
         loss, parts = loss_fn(outputs, batch)
@@ -317,7 +328,7 @@ def validate(
     for batch in tqdm(loader, desc="val", leave=False, disable=None if show_progress else True):
         batch = move_batch(batch, device, channels_last)
         with autocast(device, amp):
-            logits = model(batch["image"])  # (N, 1, H, W)
+            logits = model(model_input(batch))  # (N, 1, H, W)
         metrics.update(logits.float(), batch["mask"])
     return {name: float(value) for name, value in metrics.compute().items()}
 
