@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from portraitseg.resize import letterbox, resize_probability, stretch
+from portraitseg.resize import Placement, letterbox, resize_image, resize_probability, stretch
 
 
 @runtime_checkable
@@ -30,7 +30,7 @@ class Predictor(Protocol):
 
 
 class SquareInputPredictor:
-    """A model of (N, S, S, 3) uint8 batches -> (N, S, S) probabilities, as a Predictor of photos.
+    """A model of (N, S, S, C) batches -> (N, S, S) probabilities, as a Predictor of photos.
 
     The photos of one `predict` call go through the model as one batch. `fit="stretch"` resizes
     each photo to S x S (area when shrinking, bilinear otherwise), as the students are trained;
@@ -38,6 +38,13 @@ class SquareInputPredictor:
     (the output is cropped back to the content). The S x S probabilities are resized bilinearly to
     each photo's size. A photo already at S x S goes through both resizes untouched, which is how
     latency is timed.
+
+    C is 3 (uint8 RGB), or 4 with `takes_prior` (a student trained with `model_options.prior`):
+    then `predict(images, priors)` also takes the previous frame's probability for each photo, at
+    the photo's size ((H, W) float32 in [0, 1], or None for none), fitted to S x S as the photo is
+    and appended as a fourth channel in 0..255 (float32). A photo without a prior gets an empty one,
+    so on single photos a prior student is its first-frame self; `FrameStream` feeds it its own
+    previous output on video.
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class SquareInputPredictor:
         input_size: int,
         fit: str = "stretch",
         pad_rgb: tuple[int, int, int] = (0, 0, 0),
+        takes_prior: bool = False,
     ):
         if fit not in ("letterbox", "stretch"):
             raise ValueError(f"fit must be letterbox or stretch, got {fit!r}")
@@ -53,19 +61,36 @@ class SquareInputPredictor:
         self.input_size = int(input_size)
         self.fit = fit
         self.pad_rgb = pad_rgb
+        self.takes_prior = takes_prior
 
-    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def predict(self, images: list[np.ndarray], priors: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
         size = self.input_size
+        if priors is not None and not self.takes_prior:
+            raise ValueError("this model takes no prior (it was not trained with model_options.prior)")
         fitted = [letterbox(image, size, size, 0) if self.fit == "letterbox" else stretch(image, size, size) for image in images]
         if self.fit == "letterbox":
             for canvas, placement in fitted:
                 canvas[placement.height :] = self.pad_rgb
                 canvas[:, placement.width :] = self.pad_rgb
-        outputs = np.asarray(self.predict_batch(np.stack([canvas for canvas, _ in fitted])))  # (N, S, S)
+        batch = np.stack([canvas for canvas, _ in fitted])  # (N, S, S, 3) uint8
+        if self.takes_prior:
+            priors = priors if priors is not None else [None] * len(images)
+            prior_channel = [fit_prior(prior, placement, size) for prior, (_, placement) in zip(priors, fitted, strict=True)]
+            batch = np.concatenate([batch.astype(np.float32), np.stack(prior_channel)[..., None]], axis=-1)  # (N, S, S, 4)
+        outputs = np.asarray(self.predict_batch(batch))  # (N, S, S)
         return [
             resize_probability(placement.crop(output), *image.shape[:2])
             for output, (_, placement), image in zip(outputs, fitted, images, strict=True)
         ]
+
+
+def fit_prior(prior: np.ndarray | None, placement: Placement, size: int) -> np.ndarray:
+    """A photo-sized prior probability (or None: empty) -> (S, S) float32 0..255 where the photo's content lies."""
+    canvas = np.zeros((size, size), np.float32)
+    if prior is not None:
+        content = resize_image(np.asarray(prior, np.float32), placement.width, placement.height)
+        canvas[: placement.height, : placement.width] = np.clip(content, 0.0, 1.0) * 255.0
+    return canvas
 
 
 # ---------------------------------------------------------------------------------------------

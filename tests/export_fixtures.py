@@ -5,6 +5,10 @@ model whose weights are set by hand to the colour rule "red minus blue" segments
 IoU > 0.9), so a broken artefact shows up as a real IoU drop, without a training run (a fit on
 two shared, busy cores takes tens of seconds). Its batch norm has non-trivial statistics, so
 export's batch-norm folding is exercised. The checkpoint is in `trainer.checkpoint`'s format.
+
+`write_checkpoint(..., prior_weight=w)` writes the same model with a prior channel
+(`model_options.prior`) whose weight adds `w` x prior to the "person" feature: with w = 0 the
+prior changes nothing, with w > 0 it raises the person probability where it lies.
 """
 
 import json
@@ -20,6 +24,7 @@ from trainer.checkpoint import Checkpoint, save_checkpoint
 from portraitseg.params import build_section
 from trainer.config import TrainConfig
 from trainer.models import MODELS, SegmentationModel, list_models
+from trainer.models.base import add_prior_channel
 
 TINY = "tiny_export_segmenter"
 SIZE = 32
@@ -84,14 +89,22 @@ def set_colour_rule(model: TinyExportSegmenter) -> None:
         model.head.bias.zero_()
 
 
-def write_checkpoint(output: Path) -> Path:
-    """best.pt of the colour-rule model in the checkpoint format `trainer.train.fit` writes."""
+def write_checkpoint(output: Path, prior_weight: float | None = None) -> Path:
+    """best.pt of the colour-rule model in the checkpoint format `trainer.train.fit` writes; with a
+    prior channel of weight `prior_weight` unless that is None."""
+    model_options = {} if prior_weight is None else {"prior": True}
     model = TinyExportSegmenter().eval()
+    if prior_weight is not None:
+        add_prior_channel(model)  # what create_model(TINY, prior=True) does
     set_colour_rule(model)
-    config = build_section(TrainConfig, "train", {"model": TINY, "size": SIZE})
+    if prior_weight is not None:
+        with torch.no_grad():
+            model.body[0].weight[:, 3] = 0.0
+            model.body[0].weight[0, 3, 1, 1] = prior_weight  # channel 0 = relu(R - B + w * prior)
+    config = build_section(TrainConfig, "train", {"model": TINY, "size": SIZE, "model_options": model_options})
     state = Checkpoint(
         model_name=TINY,
-        model_options={},
+        model_options=model_options,
         model=model.state_dict(),
         optimizer={},
         scheduler={},

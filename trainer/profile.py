@@ -293,7 +293,7 @@ def profile_pytorch(runner, threads: int, runs: int) -> Profile:
     from torch.profiler import ProfilerActivity, profile
 
     graph = runner.graph
-    batch = torch.from_numpy(random_tensor((1, runner.input_size, runner.input_size, 3), np.float32, np.random.default_rng(SEED)))
+    batch = torch.from_numpy(random_tensor((1, runner.input_size, runner.input_size, runner.in_channels), np.float32, np.random.default_rng(SEED)))
     with torch.inference_mode():
         latency = whole_model_ms(lambda: graph(batch), runs)
         with LayerRanges(graph) as ranges:

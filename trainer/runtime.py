@@ -1,10 +1,11 @@
 """One interface to run any artefact: a checkpoint, an ONNX model, a TFLite model or a TensorRT engine.
 
     runner = open_runner(Path("models/blazeseg/export/tflite-int8.tflite"), threads=2)
-    probabilities = runner.predict(images)   # (N, S, S, 3) uint8 RGB -> (N, S, S) float32 in [0, 1]
+    probabilities = runner.predict(images)   # (N, S, S, C) RGB (+ prior) -> (N, S, S) float32 in [0, 1]
 
 Every exported artefact holds `trainer.export.graph.InferenceGraph`: it takes the resized photo
-as (1, S, S, 3) float32 0..255 and does the ImageNet normalisation, the layout change and the
+as (1, S, S, C) float32 0..255 (C = 3, or 4 for a student that also takes the previous frame's
+mask, given as 0..255 too; `in_channels`, read from the artefact's static input shape) and does the ImageNet normalisation, the layout change and the
 sigmoid itself, so a runner only casts to float and loops over the batch (artefacts have a
 static batch of 1, which is also what latency is measured at). A checkpoint is wrapped in the
 same graph, so all backends see identical preprocessing. `runner.as_predictor()` takes photos
@@ -38,20 +39,23 @@ class Runner(ABC):
 
     backend: str = ""
 
-    def __init__(self, path: Path, precision: str, input_size: int):
+    def __init__(self, path: Path, precision: str, input_size: int, in_channels: int = 3):
         self.path = Path(path)
         self.precision = precision
         self.input_size = input_size
+        self.in_channels = in_channels  # 4: RGB and the previous frame's mask (model_options.prior)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 RGB, already resized to S -> (N, S, S) float32 person probabilities."""
+        """(N, S, S, C) RGB 0..255 (uint8, or float32 with a prior channel in 0..255), already resized to S
+        -> (N, S, S) float32 person probabilities."""
         images = np.asarray(images)
-        size = self.input_size
+        size, channels = self.input_size, self.in_channels
         if images.ndim == 3:
             images = images[None]
-        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        if images.ndim != 4 or images.shape[1:] != (size, size, channels):
+            what = "RGB images" if channels == 3 else "RGB images with the previous frame's mask as a 4th channel"
             raise RunnerError(
-                f"{self.path} takes (N, {size}, {size}, 3) RGB images, got {images.shape}; "
+                f"{self.path} takes (N, {size}, {size}, {channels}) {what}, got {images.shape}; "
                 f"resize to {size}x{size} first"
             )
         out = np.empty((len(images), size, size), np.float32)
@@ -62,15 +66,17 @@ class Runner(ABC):
 
     def as_predictor(self, fit: str = "stretch", pad_rgb: tuple[int, int, int] = (0, 0, 0)) -> SquareInputPredictor:
         """This artefact as a `portraitseg.predictor.Predictor`: photos of any size in, probabilities at their size out
-        (`fit`, `pad_rgb`: see SquareInputPredictor)."""
-        return SquareInputPredictor(self.predict, self.input_size, fit, pad_rgb)
+        (`fit`, `pad_rgb`: see SquareInputPredictor). A 4-channel artefact's predictor `takes_prior`:
+        `predict(photos, priors)`, an empty prior where none is given."""
+        return SquareInputPredictor(self.predict, self.input_size, fit, pad_rgb, takes_prior=self.in_channels == 4)
 
     @abstractmethod
     def predict_one(self, batch: np.ndarray) -> np.ndarray:
-        """(1, S, S, 3) float32 RGB 0..255 -> the artefact's (1, S, S) person probabilities."""
+        """(1, S, S, C) float32 0..255 -> the artefact's (1, S, S) person probabilities."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path}, {self.backend} {self.precision}, {self.input_size}px)"
+        channels = " +prior" if self.in_channels == 4 else ""
+        return f"{type(self).__name__}({self.path}, {self.backend} {self.precision}, {self.input_size}px{channels})"
 
 
 class PyTorchRunner(Runner):
@@ -87,7 +93,7 @@ class PyTorchRunner(Runner):
         except CheckpointError as error:
             raise RunnerError(str(error)) from error
         # The students are fully convolutional: a checkpoint runs at any side, its training size by default.
-        super().__init__(path, "fp32", size or int(state["config"]["size"]))
+        super().__init__(path, "fp32", size or int(state["config"]["size"]), model.in_channels)
         torch.set_num_threads(threads)
         self.graph = build_inference_graph(model)
         self.torch = torch
@@ -114,7 +120,7 @@ class OnnxRunner(Runner):
             ) from error
         self.input = self.session.get_inputs()[0]
         metadata = self.session.get_modelmeta().custom_metadata_map
-        super().__init__(path, metadata.get(PRECISION_KEY, "fp32"), static_side(path, self.input.shape))
+        super().__init__(path, metadata.get(PRECISION_KEY, "fp32"), *static_input(path, self.input.shape))
 
     def predict_one(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input.name: batch})[0]
@@ -130,7 +136,7 @@ class LiteRTRunner(Runner):
             raise RunnerError(f"{error}; export it again with `trainer export`") from error
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        super().__init__(path, tflite_precision(self.interpreter), static_side(path, self.input["shape"]))
+        super().__init__(path, tflite_precision(self.interpreter), *static_input(path, self.input["shape"]))
 
     def predict_one(self, batch: np.ndarray) -> np.ndarray:
         # A fully int8 model takes and gives quantized tensors: (q - zero_point) * scale = value.
@@ -170,7 +176,7 @@ class TensorRTRunner(Runner):
         output_shape = tuple(self.engine.get_tensor_shape(self.output_name))
         sidecar = Path(path).with_suffix(".json")
         precision = json.loads(sidecar.read_text()).get("precision", "fp32") if sidecar.is_file() else "fp32"
-        super().__init__(path, precision, static_side(path, input_shape))
+        super().__init__(path, precision, *static_input(path, input_shape))
         self.torch = torch
         self.device_input = torch.empty(input_shape, dtype=torch.float32, device="cuda")
         self.device_output = torch.empty(output_shape, dtype=torch.float32, device="cuda")
@@ -212,15 +218,16 @@ def open_runner(path: str | Path, threads: int = 2, size: int | None = None) -> 
     return runner
 
 
-def static_side(path: Path, shape) -> int:
-    """S from a static (1, S, S, 3) input shape; anything else is not one of our artefacts."""
+def static_input(path: Path, shape) -> tuple[int, int]:
+    """(S, C) from a static (1, S, S, C) input shape, C = 3 or 4 (a prior channel); anything else is not one of our artefacts."""
     shape = tuple(shape)
-    square = len(shape) == 4 and shape[0] == 1 and shape[3] == 3 and shape[1] == shape[2]
+    square = len(shape) == 4 and shape[0] == 1 and shape[3] in (3, 4) and shape[1] == shape[2]
     if not square or not isinstance(shape[1], int | np.integer):  # a str dimension is dynamic
         raise RunnerError(
-            f"{path} has input shape {shape}; expected (1, S, S, 3) as `trainer export` writes (export it again)"
+            f"{path} has input shape {shape}; expected (1, S, S, 3) or (1, S, S, 4) as `trainer export` writes "
+            "(export it again)"
         )
-    return int(shape[1])
+    return int(shape[1]), int(shape[3])
 
 
 def quantize(values: np.ndarray, detail: dict) -> np.ndarray:

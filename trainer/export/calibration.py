@@ -8,6 +8,10 @@ A pipeline artefact (stage `quantize`), written by `trainer calibration-set`:
 The samples are drawn from the *train* split only (calibrating on validation images would let
 the parity check grade the quantizer on its own calibration data), without replacement, in an
 order fixed by the seed; fewer train rows than asked for gives all of them.
+
+A student with a prior channel (`model_options.prior`) calibrates on four channels:
+`with_second_frame_priors` appends what the runtime feeds it on the second frame of a still
+scene.
 """
 
 import json
@@ -16,6 +20,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from torch import nn
 
 from portraitseg.imagefiles import IMAGE_SUFFIXES, read_rgb
 from portraitseg.progress import progress
@@ -102,3 +108,22 @@ def load_calibration(source: Path, size: int, count: int = 64, seed: int = 0) ->
             "write one with `trainer calibration-set --split-dir SPLIT --output DIR`"
         )
     return np.stack([image if image.shape[:2] == (size, size) else resize_image(image, size) for image in images])
+
+
+def with_second_frame_priors(model: nn.Module, samples: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) uint8 samples -> (N, S, S, 4) float32 0..255 for a prior student's calibration.
+
+    The fourth channel is the fp32 model's own output on the sample with an empty prior, x 255:
+    what the runtime feeds it on the second frame of a still scene, so the quantizer sees priors
+    of the range and shape deployment gives (soft edges, values across 0..255). The truth is not
+    used: a `trainer calibration-set` holds images only, and a perfect 0/1 prior would leave the
+    in-between values uncalibrated.
+    """
+    from trainer.export.graph import build_inference_graph
+
+    graph = build_inference_graph(model)
+    first_frames = np.concatenate([samples, np.zeros((*samples.shape[:3], 1), np.uint8)], axis=-1).astype(np.float32)
+    with torch.no_grad():
+        outputs = np.concatenate([graph(torch.from_numpy(sample[None])).numpy() for sample in first_frames])  # (N, S, S)
+    first_frames[..., 3] = outputs * 255.0
+    return first_frames

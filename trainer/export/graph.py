@@ -1,8 +1,13 @@
 """The inference graph every artefact holds: preprocessing and the sigmoid live inside it.
 
-    (1, S, S, 3) float32 RGB, 0..255  ->  ImageNet normalisation, NHWC -> NCHW
+    (1, S, S, C) float32 RGB, 0..255  ->  ImageNet normalisation, NHWC -> NCHW
                                        ->  student (batch norm folded)  ->  sigmoid
                                        ->  (1, S, S) float32 person probability
+
+C is the student's `in_channels`: 3, or 4 for a student that also takes the previous frame's
+mask (`model_options.prior`). That fourth channel is a probability given as 0..255 like the
+image, and the graph scales it by 1 / 255: every runtime then feeds one 0..255 tensor, and int8
+input quantization (scale 1 over 0..255) stays exact for all four channels.
 
 Why inside the graph: every runtime then takes the same input (the resized photo as it comes
 from the decoder, just cast to float) and gives the same output, so runners stay a few lines and
@@ -24,14 +29,17 @@ class InferenceGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.in_channels = int(getattr(model, "in_channels", 3))
+        # A prior channel (the 4th) has mean 0 and std 1: scaled by 1 / 255 only.
+        prior_channels = self.in_channels - 3
+        std = torch.tensor([*IMAGENET_STD, *[1.0] * prior_channels]).view(1, self.in_channels, 1, 1)
+        mean = torch.tensor([*IMAGENET_MEAN, *[0.0] * prior_channels]).view(1, self.in_channels, 1, 1)
         # (x / 255 - mean) / std  ==  x * scale + shift
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", -mean / std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2) * self.scale + self.shift  # (N, 3, S, S) normalised
+        x = images.permute(0, 3, 1, 2) * self.scale + self.shift  # (N, C, S, S) normalised
         logits = self.model(x)  # (N, 1, S, S)
         return torch.sigmoid(logits)[:, 0]  # (N, S, S)
 
@@ -42,7 +50,7 @@ def build_inference_graph(model: nn.Module) -> InferenceGraph:
     return InferenceGraph(folded).eval()
 
 
-def example_input(size: int) -> torch.Tensor:
-    """A (1, S, S, 3) float32 sample in the graph's input range, for tracing."""
+def example_input(size: int, channels: int = 3) -> torch.Tensor:
+    """A (1, S, S, channels) float32 sample in the graph's input range, for tracing."""
     generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (1, size, size, 3), generator=generator).float()
+    return torch.randint(0, 256, (1, size, size, channels), generator=generator).float()

@@ -1,7 +1,7 @@
 """ONNX export (fp32, static shapes, batch norm folded) and int8 static QDQ quantization.
 
 fp32: `torch.onnx.export` with the TorchScript exporter (`dynamo=False`: the dynamo path needs
-onnxscript), opset 17, a static (1, S, S, 3) input: runtimes plan memory once and mobile
+onnxscript), opset 17, a static (1, S, S, C) input (C = 3, or 4 with a prior channel): runtimes plan memory once and mobile
 delegates refuse dynamic shapes.
 
 int8: ONNX Runtime's static quantization in QDQ format (QuantizeLinear/DequantizeLinear pairs
@@ -33,7 +33,7 @@ def export_onnx(model: nn.Module, size: int, output: Path) -> Path:
     with torch.no_grad():
         torch.onnx.export(
             graph,
-            (example_input(size),),
+            (example_input(size, graph.in_channels),),
             str(output),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
@@ -55,7 +55,7 @@ def set_precision(path: Path, precision: str) -> None:
 
 
 class ArrayCalibrationReader:
-    """ORT's CalibrationDataReader over (N, S, S, 3) uint8 samples, one batch of 1 at a time."""
+    """ORT's CalibrationDataReader over (N, S, S, C) samples in 0..255, one batch of 1 at a time."""
 
     def __init__(self, samples: np.ndarray):
         self.samples = samples
@@ -73,7 +73,7 @@ class ArrayCalibrationReader:
 
 
 def quantize_onnx_int8(fp32_model: Path, samples: np.ndarray, output: Path) -> Path:
-    """Static QDQ int8 quantization of `fp32_model`, calibrated on `samples` (N, S, S, 3) uint8."""
+    """Static QDQ int8 quantization of `fp32_model`, calibrated on `samples` (N, S, S, C) in 0..255."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

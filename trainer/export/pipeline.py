@@ -3,7 +3,8 @@
     export_checkpoint(checkpoint, "tflite", "int8", output_dir, split_dir, config, calibration=...)
       ├─ refuse an unsupported format / precision pair (before any work)
       ├─ load the checkpoint (CheckpointError for damaged or foreign files)
-      ├─ build the artefact (int8: calibration samples from --calibration or the split's train set;
+      ├─ build the artefact (int8: calibration samples from --calibration or the split's train set,
+      │  with a second-frame prior channel for a prior student;
       │  TFLite int8 with export.qat_epochs > 0: then quantization-aware training on the train set)
       ├─ score it and fp32 PyTorch on the split's validation photos as `trainer evaluate` scores
       │  (trainer.harness) -> parity numbers (trainer.export.parity)
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.export import tensorrt
-from trainer.export.calibration import load_calibration
+from trainer.data import PriorSimulation
+from trainer.export.calibration import load_calibration, with_second_frame_priors
 from trainer.export.parity import compare
 from trainer.export.qat import export_tflite_int8_qat
 from trainer.harness import use_threads
@@ -133,6 +135,9 @@ def export_checkpoint(
         source = calibration or split_dir
         samples = load_calibration(source, size, config.calibration_images, config.seed)
         base["calibration"] = {"source": str(source), "images": len(samples)}
+        if model.in_channels == 4:
+            samples = with_second_frame_priors(model, samples)
+            base["calibration"]["prior"] = "the fp32 model's output with an empty prior (a second frame)"
         base["quantization"] = {"method": "post-training"}
 
     if fmt == "tensorrt":
@@ -143,7 +148,7 @@ def export_checkpoint(
     elif quantization_aware:
         _, base["quantization"] = export_tflite_int8_qat(
             model, size, samples, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed,
-            artefact,
+            artefact, PriorSimulation(empty_share=state["config"]["prior_empty"]) if model.in_channels == 4 else None,
         )  # fmt: skip
     else:
         build_artefact(model, size, fmt, precision, artefact, samples)

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from portraitseg.progress import progress
 from portraitseg.records import SplitError
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD, PriorSimulation, SegmentationDataset
 from trainer.export.graph import build_inference_graph, example_input
 from trainer.export.tflite import int8_quantizer, write_int8_tflite
 from trainer.losses import dice_loss, distillation_loss
@@ -46,11 +46,15 @@ from trainer.losses import dice_loss, distillation_loss
 PROBABILITY_EPS = 1e-6  # the graph ends in a sigmoid; its logit is taken back for the losses
 
 
-def graph_input(images: torch.Tensor) -> torch.Tensor:
-    """Normalised (N, 3, S, S) training images -> the graph's (N, S, S, 3) 0..255 input."""
+def graph_input(images: torch.Tensor, priors: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised (N, 3, S, S) training images (and (N, 1, S, S) priors in [0, 1] for a prior
+    student) -> the graph's (N, S, S, C) 0..255 input."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((images * std + mean) * 255.0).clamp(0.0, 255.0).permute(0, 2, 3, 1)
+    pixels = (images * std + mean) * 255.0
+    if priors is not None:
+        pixels = torch.cat([pixels, priors * 255.0], dim=1)
+    return pixels.clamp(0.0, 255.0).permute(0, 2, 3, 1)
 
 
 def qat_config():
@@ -79,7 +83,7 @@ def prepare_for_qat(model: nn.Module, size: int, quantizer) -> torch.fx.GraphMod
 
     graph = build_inference_graph(model)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    sample = example_input(size).expand(2, -1, -1, -1).contiguous()  # batch 2: a size-1 dim would be specialised
+    sample = example_input(size, graph.in_channels).expand(2, -1, -1, -1).contiguous()  # batch 2: a size-1 dim would be specialised
     exported = torch.export.export(graph, (sample,), dynamic_shapes=({0: batch},)).module()
     prepared = prepare_qat_pt2e(exported, quantizer)
     move_exported_model_to_train(prepared)
@@ -87,7 +91,7 @@ def prepare_for_qat(model: nn.Module, size: int, quantizer) -> torch.fx.GraphMod
 
 
 def calibrate_and_freeze_ranges(prepared: torch.fx.GraphModule, samples: np.ndarray, batch_size: int) -> None:
-    """Set activation ranges from `samples` (N, S, S, 3) uint8 as post-training int8 does, then freeze them.
+    """Set activation ranges from `samples` (N, S, S, C) in 0..255 as post-training int8 does, then freeze them.
 
     Weight quantizers (per channel) keep observing: their ranges follow the weights as they train.
     """
@@ -113,12 +117,17 @@ def export_tflite_int8_qat(
     batch_size: int,
     seed: int,
     output: Path,
+    prior: PriorSimulation | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Calibrate `model`'s int8 graph on `samples`, fine-tune it on the train set of `split_dir`, write it to
-    `output`; return what was done."""
+    `output`; return what was done. A prior student (4 input channels) needs `prior`: how its
+    training simulated the previous frame's mask."""
+    if (model.in_channels == 4) != (prior is not None):
+        raise ValueError(f"a model of {model.in_channels} input channels with prior simulation {prior}")
     torch.manual_seed(seed)
     started = time.perf_counter()
-    train_set = SegmentationDataset(split_dir, "train", size, augment=True, with_edges=False)  # its masks go unused
+    # Its masks go unused; a prior student's items carry simulated priors, as in `trainer train`.
+    train_set = SegmentationDataset(split_dir, "train", size, augment=True, with_edges=False, prior=prior)
     if len(train_set) == 0:
         raise SplitError(f"{split_dir}/train.jsonl has no usable rows for quantization-aware training")
     loader = DataLoader(
@@ -137,7 +146,7 @@ def export_tflite_int8_qat(
     for epoch in range(epochs):
         total = 0.0
         for batch in progress(loader, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch"):
-            images = graph_input(batch["image"])
+            images = graph_input(batch["image"], batch.get("prior"))
             with torch.no_grad():
                 target = reference(images)[:, None]
             logits = torch.logit(prepared(images), eps=PROBABILITY_EPS)[:, None]
@@ -148,7 +157,7 @@ def export_tflite_int8_qat(
             total += loss.item()
         losses.append(round(total / len(loader), 5))
     with torch.no_grad():
-        write_int8_tflite(prepared, quantizer, size, output)
+        write_int8_tflite(prepared, quantizer, size, model.in_channels, output)
     return output, {
         "method": "quantization-aware training (PT2E)",
         "target": "the fp32 checkpoint's probabilities",

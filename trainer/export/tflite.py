@@ -43,7 +43,7 @@ def export_tflite(model: nn.Module, size: int, output: Path) -> Path:
     graph = build_inference_graph(model)
     output.parent.mkdir(parents=True, exist_ok=True)
     with quiet_litert():
-        litert_torch.convert(graph, (example_input(size),)).export(str(output))
+        litert_torch.convert(graph, (example_input(size, graph.in_channels),)).export(str(output))
     return output
 
 
@@ -86,20 +86,20 @@ def int8_quantizer(config=None):
 
 
 def export_tflite_int8(model: nn.Module, size: int, samples: np.ndarray, output: Path) -> Path:
-    """Static int8 via PT2E: export, insert observers, calibrate on `samples` (N, S, S, 3) uint8, convert."""
+    """Static int8 via PT2E: export, insert observers, calibrate on `samples` (N, S, S, C) in 0..255, convert."""
     from torchao.quantization.pt2e import quantize_pt2e
 
     graph = build_inference_graph(model)
-    exported = torch.export.export(graph, (example_input(size),)).module()
+    exported = torch.export.export(graph, (example_input(size, graph.in_channels),)).module()
     quantizer = int8_quantizer()
     prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for image in samples:
             prepared(torch.from_numpy(image[None].astype(np.float32)))
-    return write_int8_tflite(prepared, quantizer, size, output)
+    return write_int8_tflite(prepared, quantizer, size, graph.in_channels, output)
 
 
-def write_int8_tflite(prepared: torch.fx.GraphModule, quantizer, size: int, output: Path) -> Path:
+def write_int8_tflite(prepared: torch.fx.GraphModule, quantizer, size: int, channels: int, output: Path) -> Path:
     """Convert a calibrated (or quantization-aware trained) PT2E graph and write it as a fully-int8 .tflite."""
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
@@ -113,7 +113,7 @@ def write_int8_tflite(prepared: torch.fx.GraphModule, quantizer, size: int, outp
     output.parent.mkdir(parents=True, exist_ok=True)
     with quiet_litert():
         edge_model = litert_torch.convert(
-            quantized, (example_input(size),), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+            quantized, (example_input(size, channels),), quant_config=QuantConfig(pt2e_quantizer=quantizer)
         )
         edge_model.export(str(output))
     return output
