@@ -117,6 +117,7 @@ class Foreground:
     pixels: np.ndarray  # (h, w, 3) uint8 BGR
     alpha: np.ndarray  # (h, w) float32 in [0, 1]
     soft: bool  # the mask is a matte (kept) rather than binary (feathered)
+    cut_at_bottom: bool = False  # the person reaches the photo's bottom edge (a bust, a half-body shot)
 
 
 def synthesize(
@@ -139,32 +140,13 @@ def synthesize(
     options = options or SynthOptions()
     options.check()
     engine = engine or EngineOptions()
-    foregrounds = Path(foregrounds).expanduser().resolve()
-    folders = [Path(path).expanduser().resolve() for path in ([backgrounds] if isinstance(backgrounds, str | Path) else backgrounds)]
-    if not (foregrounds / MANIFEST).is_file():
-        raise ValueError(f"foregrounds {foregrounds} is not a canonical set (no manifest.jsonl)")
-    if not folders:
-        raise ValueError("no background folder given")
-    for folder in folders:
-        if not folder.is_dir():
-            raise ValueError(f"backgrounds {folder} is not a folder")
+    foregrounds, folders = resolve_inputs(foregrounds, backgrounds)
     folder = OutputFolder(output, [foregrounds, *folders])
     output = folder.path
     name = name or output.name
     report = Report(foregrounds)
-    # With several folders a background's key starts with its folder's name, so keys stay unique.
-    background_list = [
-        background
-        for folder in folders
-        for background in scan_backgrounds(folder, report, prefix=f"{folder.name}/" if len(folders) > 1 else "")
-    ]
+    background_list = scan_background_folders(folders, report)
     where = ", ".join(str(folder) for folder in folders)
-    if not background_list:
-        rejected = report.skipped + report.ignored
-        if not rejected:
-            raise ValueError(f"no background image under {where}: the folder is empty")
-        examples = "; ".join(f"{entry['file']}: {entry['reason']}" for entry in rejected[:3])
-        raise ValueError(f"no usable background image under {where} ({len(rejected)} files rejected, e.g. {examples})")
     rows = list(read_rows(foregrounds, report))
     report.counts["foregrounds"] = len(rows)
     report.counts["backgrounds"] = len(background_list)
@@ -299,6 +281,38 @@ def sample_seed(seed: int, foreground_id: str, k: int) -> int:
 # -- inputs --------------------------------------------------------------------------------------
 
 
+def resolve_inputs(foregrounds: Path, backgrounds: Path | Sequence[Path]) -> tuple[Path, list[Path]]:
+    """The foreground set and background folders as absolute paths; `ValueError` when one is missing."""
+    foregrounds = Path(foregrounds).expanduser().resolve()
+    folders = [Path(path).expanduser().resolve() for path in ([backgrounds] if isinstance(backgrounds, str | Path) else backgrounds)]
+    if not (foregrounds / MANIFEST).is_file():
+        raise ValueError(f"foregrounds {foregrounds} is not a canonical set (no manifest.jsonl)")
+    if not folders:
+        raise ValueError("no background folder given")
+    for folder in folders:
+        if not folder.is_dir():
+            raise ValueError(f"backgrounds {folder} is not a folder")
+    return foregrounds, folders
+
+
+def scan_background_folders(folders: list[Path], report: Report) -> list[Background]:
+    """Every readable image under the folders; `ValueError` when there is none (the reasons named)."""
+    # With several folders a background's key starts with its folder's name, so keys stay unique.
+    backgrounds = [
+        background
+        for folder in folders
+        for background in scan_backgrounds(folder, report, prefix=f"{folder.name}/" if len(folders) > 1 else "")
+    ]
+    if not backgrounds:
+        where = ", ".join(str(folder) for folder in folders)
+        rejected = report.skipped + report.ignored
+        if not rejected:
+            raise ValueError(f"no background image under {where}: the folder is empty")
+        examples = "; ".join(f"{entry['file']}: {entry['reason']}" for entry in rejected[:3])
+        raise ValueError(f"no usable background image under {where} ({len(rejected)} files rejected, e.g. {examples})")
+    return backgrounds
+
+
 def scan_backgrounds(root: Path, report: Report, prefix: str = "") -> list[Background]:
     """Every readable image under `root` (recursive, sorted), keyed `prefix` + relative path; the rest reported."""
     backgrounds = []
@@ -333,7 +347,7 @@ def load_foreground(root: Path, row: dict[str, Any]) -> Foreground | None:
         return None
     top, bottom, left, right = box
     alpha = mask[top:bottom, left:right].astype(np.float32) / 255.0
-    return Foreground(np.ascontiguousarray(pixels[top:bottom, left:right]), alpha, row["mask_kind"] in SOFT_KINDS)
+    return Foreground(np.ascontiguousarray(pixels[top:bottom, left:right]), alpha, row["mask_kind"] in SOFT_KINDS, bottom == mask.shape[0])
 
 
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -347,16 +361,14 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 # -- compositing ---------------------------------------------------------------------------------
 
 
-class Compositor:
-    """Makes one composite from a foreground and a per-sample seed; keeps a few decoded backgrounds."""
+class BackgroundCache:
+    """The last `BACKGROUND_CACHE` decoded backgrounds (a worker draws from a library that may hold thousands)."""
 
-    def __init__(self, backgrounds: list[Background], options: SynthOptions):
-        self.backgrounds = backgrounds
-        self.options = options
+    def __init__(self):
         self.decoded: OrderedDict[Path, np.ndarray] = OrderedDict()
-        self.augmentation = photometric_augmentation() if options.augment else None
 
-    def background_pixels(self, background: Background) -> np.ndarray:
+    def pixels(self, background: Background) -> np.ndarray:
+        """The background's BGR pixels, upright; `BackgroundError` when it does not decode. Do not modify them."""
         if background.path in self.decoded:
             self.decoded.move_to_end(background.path)
             return self.decoded[background.path]
@@ -369,6 +381,19 @@ class Compositor:
         if len(self.decoded) > BACKGROUND_CACHE:
             self.decoded.popitem(last=False)
         return pixels
+
+
+class Compositor:
+    """Makes one composite from a foreground and a per-sample seed; keeps a few decoded backgrounds."""
+
+    def __init__(self, backgrounds: list[Background], options: SynthOptions):
+        self.backgrounds = backgrounds
+        self.options = options
+        self.cache = BackgroundCache()
+        self.augmentation = photometric_augmentation() if options.augment else None
+
+    def background_pixels(self, background: Background) -> np.ndarray:
+        return self.cache.pixels(background)
 
     def compose(self, foreground: Foreground, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """(composite BGR uint8, alpha uint8, how it was pasted), both at the output size."""
@@ -414,36 +439,46 @@ def cover_crop(pixels: np.ndarray, size: tuple[int, int], rng: np.random.Generat
 
 
 def place_foreground(foreground: Foreground, options: SynthOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, bool]:
-    """(pixels, alpha, scale, flipped): the person scaled, flipped, feathered and cropped to its alpha's box.
+    """(pixels, alpha, scale, flipped): the person scaled to a random height, flipped at random,
+    feathered and cropped to its alpha's box (`scale_foreground`)."""
+    target = rng.uniform(*options.person_height) * options.size[0]
+    flip = bool(rng.random() < options.flip_probability)
+    pixels, alpha, scale = scale_foreground(foreground, target, options.size, options.feather_sigma, flip)
+    return pixels, alpha, scale, flip
 
-    The patch is never larger than the output, so any offset inside the output keeps the whole
-    person in frame.
+
+def scale_foreground(
+    foreground: Foreground, target_height: float, size: tuple[int, int], feather_sigma: float, flip: bool
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(pixels, alpha, scale): the person scaled so its box is `target_height` px high, flipped,
+    feathered (binary masks) and cropped to its alpha's box.
+
+    The patch is never larger than `size` = (height, width), so any offset inside the output
+    keeps the whole person in frame.
     """
-    height, width = options.size
+    height, width = size
     h, w = foreground.alpha.shape
     # Feathering widens the alpha by about 3 sigma on each side; room for it is kept.
-    margin = 0 if foreground.soft else int(np.ceil(3 * options.feather_sigma))
-    target = rng.uniform(*options.person_height) * height
-    scale = min((target - 2 * margin) / h, (height - 2 * margin) / h, (width - 2 * margin) / w)
+    margin = 0 if foreground.soft else int(np.ceil(3 * feather_sigma))
+    scale = min((target_height - 2 * margin) / h, (height - 2 * margin) / h, (width - 2 * margin) / w)
     scale = max(scale, 1 / min(h, w))  # at least one pixel
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     pixels = cv2.resize(foreground.pixels, (new_w, new_h), interpolation=interpolation)
     alpha = cv2.resize(foreground.alpha, (new_w, new_h), interpolation=interpolation)
-    flip = bool(rng.random() < options.flip_probability)
     if flip:
         pixels, alpha = pixels[:, ::-1], alpha[:, ::-1]
     if margin:
         pixels = cv2.copyMakeBorder(np.ascontiguousarray(pixels), margin, margin, margin, margin, cv2.BORDER_REPLICATE)
         alpha = cv2.copyMakeBorder(np.ascontiguousarray(alpha), margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=0)
-        alpha = cv2.GaussianBlur(alpha, (0, 0), options.feather_sigma)
+        alpha = cv2.GaussianBlur(alpha, (0, 0), feather_sigma)
     alpha = np.clip(alpha, 0, 1)
     # Crop to what will be stored as non-zero, so "the person's box inside the frame" holds for the mask.
     box = bounding_box(np.round(alpha * 255).astype(np.uint8))
     if box is None:  # a person scaled below one visible pixel
         box = (0, alpha.shape[0], 0, alpha.shape[1])
     top, bottom, left, right = box
-    return np.ascontiguousarray(pixels[top:bottom, left:right]), np.ascontiguousarray(alpha[top:bottom, left:right]), scale, flip
+    return np.ascontiguousarray(pixels[top:bottom, left:right]), np.ascontiguousarray(alpha[top:bottom, left:right]), scale
 
 
 def harmonise(pixels: np.ndarray, alpha: np.ndarray, background: np.ndarray, strength: float) -> np.ndarray:
