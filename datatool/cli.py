@@ -17,6 +17,7 @@ REVIEW_DEFAULTS = "datatool.pseudolabel:ReviewThresholds"
 BOUNDARY_DEFAULTS = "datatool.boundary:build_boundaries"
 BACKGROUND_DEFAULTS = "datatool.backgrounds:BackgroundOptions"
 SYNTH_DEFAULTS = "datatool.synth:SynthOptions"
+SYNTH_VIDEO_DEFAULTS = "datatool.synth_video:SynthVideoOptions"
 QA_DEFAULTS = "datatool.qa:QaOptions"
 ENGINE_DEFAULTS = "datatool.engine:EngineOptions"
 
@@ -444,6 +445,49 @@ def synth(foregrounds_dir, backgrounds_dirs, more_backgrounds, output_dir, name,
     click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
     if result.composites == 0:
         raise click.ClickException(f"no composite could be made; the reasons are in {output_dir / 'report.json'}")
+
+
+@main.command("synth-video")
+@click.option("--foregrounds", "foregrounds_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Canonical set whose people are filmed.")
+@click.option("--backgrounds", "backgrounds_dirs", required=True, multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False), help="Folder of background photos (searched recursively); repeat the option, or list several folders after it.")
+@click.argument("more_backgrounds", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Canonical video set to write (created): one row per frame, with clip and frame.")
+@click.option("--name", default=None, help="Set name: part of ids [default: the output folder's name].")
+@click.option("--clips-per-foreground", cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=click.IntRange(min=1), help="Clips per foreground sample.")
+@click.option("--seconds", cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=click.FloatRange(min=0, min_open=True), help="Length of each clip.")
+@click.option("--fps", cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=click.FloatRange(min=0, min_open=True), help="Frames per second.")
+@click.option("--size", nargs=2, cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=click.IntRange(min=16), metavar="H W", help="Frame height and width.")
+@click.option("--seed", cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=int, help="Same seed, same clips.")
+@click.option("--harmonise", "harmonise_strength", cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=click.FloatRange(0, 1), help="LAB colour transfer towards the background: 0 off, 1 full.")
+@click.option("--feather", "feather_sigma", cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=click.FloatRange(min=0), help="Gaussian sigma (px) that softens binary masks' edges.")
+@click.option("--image-format", cls=DefaultFrom, defaults=SYNTH_VIDEO_DEFAULTS, type=click.Choice(["jpg", "png"]), help="Frame file format.")
+@click.option("--workers", cls=DefaultFrom, defaults=ENGINE_DEFAULTS, type=click.IntRange(min=0), help="Processes (1 = this process), or with --engine ray actors; 0 = all cores.")
+@engine_options
+def synth_video(foregrounds_dir, backgrounds_dirs, more_backgrounds, output_dir, name, clips_per_foreground, seconds, fps, size, seed, harmonise_strength, feather_sigma, image_format, workers, **engine) -> None:
+    """Clips of the people of a canonical set moving over backgrounds (pan, shake, light, occlusion), a true mask per frame."""
+    from datatool.synth_video import SynthVideoOptions, synthesize_video
+
+    try:
+        options = SynthVideoOptions(
+            **given(clips_per_foreground=clips_per_foreground, seconds=seconds, fps=fps, size=tuple(size) if size else None, seed=seed,
+                    harmonise_strength=harmonise_strength, feather_sigma=feather_sigma, image_format=image_format),
+        )  # fmt: skip
+        result = synthesize_video(
+            foregrounds_dir, [*backgrounds_dirs, *more_backgrounds], output_dir, name=name, options=options, engine=engine_from(**engine, workers=workers)
+        )
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    report = result.report
+    click.echo(
+        f"{report['name']}: {result.clips} clips ({result.frames} frames, {report['frames_per_clip']} per clip at {options.fps:g} fps) "
+        f"of {result.foregrounds} foregrounds on {result.backgrounds} backgrounds in {report['seconds']:.1f} s "
+        f"({report['frames_per_second_made']} frames/s)"
+    )
+    print_reasons("skipped", report["skipped"])
+    print_reasons("ignored", report["ignored"])
+    click.echo(f"  manifest: {output_dir / 'manifest.jsonl'}\n  report:   {output_dir / 'report.json'}")
+    if result.frames == 0:
+        raise click.ClickException(f"no clip could be made; the reasons are in {output_dir / 'report.json'}")
 
 
 @main.group()

@@ -34,6 +34,9 @@ class Sample(TypedDict):
     edge: NotRequired[str]  # datatool boundary
     split: NotRequired[str]  # split rows: train, val or test
     set: NotRequired[str]  # split rows: the set's folder relative to the split folder
+    clip: NotRequired[str]  # video sets: the clip's id (file-name safe); its frames share it
+    frame: NotRequired[int]  # video sets: the frame's 0-based index in its clip
+    fps: NotRequired[float]  # video sets: the clip's frames per second
 
 
 def validate_row(row: dict[str, Any]) -> None:
