@@ -97,18 +97,19 @@ def print_report_and_exit_status(report: dict, output_dir: Path, *, produced: in
 
 
 @main.command()
-@click.argument("source_format", metavar="SOURCE", type=click.Choice(["aisegment", "kaggle-people", "pfcn", "supervisely", "folder"]))
+@click.argument("source_format", metavar="SOURCE", type=click.Choice(["aisegment", "kaggle-people", "pfcn", "supervisely", "folder", "clips"]))
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path), help="The dataset as downloaded and unpacked.")
 @click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path), help="Canonical set to write (created).")
-@click.option("--name", default=None, help="Set name: prefix of groups, part of ids [default: SOURCE, or the input folder's name for 'folder'].")
+@click.option("--name", default=None, help="Set name: prefix of groups, part of ids [default: SOURCE, or the input folder's name for 'folder' and 'clips'].")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Worker processes (--engine ray: actors); 0 = all cores.")
 @click.option("--max-side", cls=DefaultFrom, defaults=INGEST_DEFAULTS, type=click.IntRange(min=0), help="Downscale so the longer side is at most PX; 0 or none keeps the size.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input was skipped.")
 @click.option("--images-dir", type=click.Path(path_type=Path), help="folder: the images folder (relative to --input).")
 @click.option("--masks-dir", type=click.Path(path_type=Path), help="folder: the masks folder (relative to --input).")
 @click.option("--neutral", type=click.Choice(["background", "person", "skip"]), default=None, help="supervisely: how 'neutral' objects count [default: background].")
+@click.option("--fps", type=click.FloatRange(min=0), default=None, help="clips: the clips' frames per second, stored on every frame [default: unknown, not stored].")
 @engine_options
-def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict, images_dir, masks_dir, neutral, **engine) -> None:
+def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict, images_dir, masks_dir, neutral, fps, **engine) -> None:
     """Ingest a downloaded dataset (SOURCE layout) into a validated canonical set."""
     from datatool.ingest import ingest as run_ingest
     from datatool.outputs import OutputError
@@ -123,11 +124,15 @@ def ingest(source_format, input_dir, output_dir, name, workers, max_side, strict
         if source_format != "supervisely":
             raise click.UsageError("--neutral applies to the 'supervisely' source only")
         options["neutral"] = neutral
+    if fps is not None:
+        if source_format != "clips":
+            raise click.UsageError("--fps applies to the 'clips' source only")
+        options["fps"] = fps
     try:
         source = create_source(source_format, input_dir, **options)
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    name = name or (source.root.name if source_format == "folder" else source_format)
+    name = name or (source.root.name if source_format in ("folder", "clips") else source_format)
     try:
         result = run_ingest(source, output_dir, name=name, workers=workers, engine=engine_from(**engine, workers=workers), **given(max_side=max_side))
     except OutputError as error:

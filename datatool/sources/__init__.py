@@ -26,7 +26,7 @@ def list_sources() -> list[str]:
 
 def _load_builtin_sources() -> None:
     # Imported here, not at module top, because each adapter imports `register` from this module.
-    from datatool.sources import aisegment, folder, kaggle_people, pfcn, supervisely  # noqa: F401
+    from datatool.sources import aisegment, clips, folder, kaggle_people, pfcn, supervisely  # noqa: F401
 
 
 __all__ = ["SOURCES", "LayoutError", "Record", "Source", "create_source", "list_sources", "register"]

@@ -19,7 +19,7 @@ from datatool.ingest import ingest
 from datatool.sources import create_source
 from test_pseudolabel import built_teachers  # noqa: F401  (fixture: a teacher that needs no model file)
 
-SOURCES = ("aisegment", "kaggle-people", "pfcn", "supervisely", "folder")
+SOURCES = ("aisegment", "kaggle-people", "pfcn", "supervisely", "folder", "clips")
 
 
 @pytest.fixture
@@ -59,6 +59,8 @@ CASES = [
     *[(["ingest", source, "--input", "{root}/empty", "--output", "{root}/out"], True, "is empty") for source in SOURCES],
     (["ingest", "folder", "--input", "{root}/junk", "--output", "{root}/out"], True, "no sample could be ingested"),
     (["ingest", "folder", "--input", "{root}/good", "--output", "{root}/a-file"], True, "is a file"),
+    (["ingest", "clips", "--input", "{root}/junk", "--output", "{root}/out"], True, "no sample could be ingested"),
+    (["ingest", "clips", "--input", "{root}/good", "--output", "{root}/out", "--fps", "-1"], True, "--fps"),
     (["ingest", "folder", "--input", "{root}/good", "--output", "{root}/good"], True, "is the input"),
     (["ingest", "folder", "--input", "{root}/good", "--output", "{root}/out", "--workers", "-1"], True, "--workers"),
     (["pseudolabel", "--teacher", "t", "--input", "{root}/empty", "--output", "{root}/out"], True, "no photo could be labelled"),
@@ -87,6 +89,10 @@ CASES = [
     (["synth", "--foregrounds", "{root}/garbled", "--backgrounds", "{root}/good/images", "--output", "{root}/out"], True, "no composite"),
     (["synth", "--foregrounds", "{root}/set", "--backgrounds", "{root}/good/images", "--output", "{root}/out", "--size", "32", "32"], False, "composites"),
     (["synth", "--foregrounds", "{root}/set", "--backgrounds", "{root}/good/images", "--output", "{root}/good"], True, "contains the input"),
+    (["synth-video", "--foregrounds", "{root}/set", "--backgrounds", "{root}/empty", "--output", "{root}/out"], True, "the folder is empty"),
+    (["synth-video", "--foregrounds", "{root}/zero", "--backgrounds", "{root}/good/images", "--output", "{root}/out"], True, "no clip could be made"),
+    (["synth-video", "--foregrounds", "{root}/set", "--backgrounds", "{root}/good/images", "--output", "{root}/out", "--size", "32", "32", "--seconds", "0.4", "--fps", "10"], False, "2 clips (8 frames"),
+    (["synth-video", "--foregrounds", "{root}/set", "--backgrounds", "{root}/good/images", "--output", "{root}/out", "--seconds", "0.1"], True, "at least 4 frames"),
     (["demo", "--output", "{root}/a-file"], True, "a-file"),
     (["teacher-files", "fetch", "no-such-model"], True, "unknown model"),
 ]
