@@ -22,6 +22,7 @@ ENTRY_MODULES = {
     "pseudolabel": ["datatool.pseudolabel", "portraitseg.teachers"],
     "backgrounds": ["datatool.backgrounds"],
     "synth": ["datatool.synth"],
+    "synth-video": ["datatool.synth_video"],
     "boundary": ["datatool.boundary"],
     "split": ["datatool.split"],
     "encoder": ["trainer.models.encoder_import", "trainer.checkpoint"],

@@ -31,5 +31,6 @@ def test_preset_has_every_section_of_params_yaml_and_each_loads(preset):
     produced = {f"data/interim/ingest/{name}" for name in values["ingest"]["sources"]}
     produced |= {f"data/interim/pseudolabel/{name}" for name in values["pseudolabel"]["inputs"]}
     produced |= {f"data/interim/synth/{name}" for name in values["synth"]["foregrounds"]}
+    produced |= {f"data/interim/synth-video/{name}" for name in values["synth_video"]["foregrounds"]}
     assert set(values["sets"].values()) <= produced
     assert set(values["train"]["val_sources"]) <= set(values["sets"])

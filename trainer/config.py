@@ -52,6 +52,8 @@ class TrainConfig:
     copy_paste: float = 0.0  # probability of pasting another train sample's person onto an item
     prior_empty: float = 0.2  # with model_options {prior: true}: share of training items whose simulated
     # previous-frame mask is empty, as on a clip's first frame (trainer.data.PriorSimulation)
+    clip_share: float = 0.25  # the most that frames of video clips (rows with a `clip`) make of the train
+    # rows when there are photos too; more frames are thinned evenly within each clip (1 keeps them all)
     max_train_samples: int = 0  # 0 = all; a quick run or a test uses the first N (after a seeded shuffle)
     max_val_samples: int = 0  # 0 = all
     val_sources: list[str] = dataclasses.field(default_factory=list)  # validate only on rows of these
@@ -70,7 +72,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
-        for name in ("copy_paste", "prior_empty"):
+        for name in ("copy_paste", "prior_empty", "clip_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train.{name} is a probability in [0, 1], got {getattr(self, name)}")
         for name in ("warmup_epochs", "max_train_samples", "max_val_samples", "num_workers", "plateau_patience"):

@@ -124,6 +124,22 @@ def first_samples(dataset: Dataset, limit: int, seed: int) -> Dataset:
     return Subset(dataset, sorted(order[:limit].tolist()))
 
 
+def thin_clips(dataset: SegmentationDataset, share: float) -> Dataset:
+    """`dataset` with the frames of its clips thinned to at most `share` of its rows (photos are all kept).
+
+    A 2 s clip at 15 fps is 30 nearly identical frames of one person: kept whole, a few clips would
+    outweigh every photo. Each clip keeps evenly spaced frames, in proportion to its length. A set
+    of clips only, or `share` 1, keeps every frame.
+    """
+    frames = [index for index, row in enumerate(dataset.rows) if row.get("clip") is not None]
+    photos = len(dataset.rows) - len(frames)
+    if not frames or not photos or share >= 1:
+        return dataset
+    keep = min(len(frames), int(share / (1 - share) * photos)) if share > 0 else 0
+    chosen = {frames[round(position)] for position in np.linspace(0, len(frames) - 1, keep)} if keep else set()
+    return Subset(dataset, sorted(set(range(len(dataset.rows))) - set(frames) | chosen))
+
+
 def build_datasets(config: TrainConfig, split_dir: str | Path, quiet: bool = False) -> tuple[Dataset, Dataset]:
     """Train (augmented, with what the weighted loss terms need) and val (resize only) sets of `split_dir`.
 
@@ -160,7 +176,7 @@ def build_datasets(config: TrainConfig, split_dir: str | Path, quiet: bool = Fal
         if dataset.missing and not quiet:
             print(dataset.missing_summary(), file=sys.stderr, flush=True)
     return (
-        first_samples(train_set, config.max_train_samples, config.seed),
+        first_samples(thin_clips(train_set, config.clip_share), config.max_train_samples, config.seed),
         first_samples(val_set, config.max_val_samples, config.seed),
     )
 
@@ -395,7 +411,8 @@ def train_pos_weight(config: TrainConfig, split_dir: str | Path) -> float:
         return config.pos_weight
     # Over the un-augmented train samples: padding and warps would change the balance.
     plain_train = SegmentationDataset(split_dir, "train", config.size, augment=False, with_edges=False)
-    return float(estimate_pos_weight(first_samples(plain_train, config.max_train_samples, config.seed)))
+    train_rows = first_samples(thin_clips(plain_train, config.clip_share), config.max_train_samples, config.seed)
+    return float(estimate_pos_weight(train_rows))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -326,3 +326,23 @@ def test_train_command_errors(tmp_path, split_dir, tiny_model):
     (output / "last.pt").write_bytes(b"\x00" * 100)
     result = runner.invoke(main, ["train", "--params", str(params), "--split-dir", str(split_dir), "--output", str(output), "--resume"])
     assert result.exit_code == 1 and "not a readable checkpoint" in result.output
+
+
+def test_clip_frames_are_thinned_to_their_share_of_the_train_rows():
+    from types import SimpleNamespace
+
+    from trainer.train import thin_clips
+
+    photos = [{"id": f"p{i}"} for i in range(30)]
+    frames = [{"id": f"c{c}-{f}", "clip": f"c{c}", "frame": f} for c in range(2) for f in range(30)]
+    dataset = SimpleNamespace(rows=photos[:15] + frames + photos[15:])
+    thinned = thin_clips(dataset, 0.25)
+    kept = [dataset.rows[index] for index in thinned.indices]
+    kept_frames = [row for row in kept if "clip" in row]
+    assert len(kept) - len(kept_frames) == 30  # every photo stays
+    assert len(kept_frames) == 10  # 10 / 40 = 0.25
+    assert {row["clip"] for row in kept_frames} == {"c0", "c1"} and kept_frames[0]["frame"] == 0  # spread over both clips
+    assert thin_clips(dataset, 1.0) is dataset
+    assert [dataset.rows[i] for i in thin_clips(dataset, 0.0).indices] == photos[:15] + photos[15:]
+    clips_only = SimpleNamespace(rows=frames)
+    assert thin_clips(clips_only, 0.25) is clips_only  # nothing to weigh them against: all kept
