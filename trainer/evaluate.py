@@ -22,7 +22,7 @@ measures in one run:
   (`trainer.harness.score_clips`): per-frame IoU and the temporal instability (dtSSD, flip rate)
   of every candidate per frame and smoothed (`evaluate.smooth`, as `trainer predict --smooth`);
   a student trained with `model_options.prior` sees its own previous output. The photo table
-  holds the rows without a clip, or every frame (each on its own) when the set has only clips.
+  holds the rows without a clip, or the first frame of each clip when the set has only clips.
 
 `trainer.evaluation_report` turns the results into metrics.json, plots, overlays and the
 leaderboard.
@@ -291,7 +291,9 @@ def evaluate(
         )
     rows = load_rows(split_dir, config.set, config.max_images, config.sources)
     clips = clips_of(rows)
-    photo_rows = [row for row in rows if row.get("clip") is None] or rows  # a clip-only set: every frame on its own
+    # A clip-only set's photos are the first frames of its clips: frames on their own, without
+    # scoring every frame twice.
+    photo_rows = [row for row in rows if row.get("clip") is None] or [clip[0] for clip in clips]
     use_threads(config.threads)
     size_cache: dict = {}
     candidates, not_verified = [], []

@@ -444,3 +444,13 @@ def test_clips_are_cut_in_frame_order():
     assert [[(row["set"], row["clip"], row["frame"]) for row in clip] for clip in clips_of(rows)] == [
         [("a", "x", 0), ("a", "x", 1)], [("a", "y", 0)], [("b", "x", 0)],
     ]  # fmt: skip
+
+
+def test_a_clip_only_set_scores_each_clips_first_frame_as_its_photos(tmp_path, clip_split_dir, models_dir):
+    rows = [json.loads(line) for line in (clip_split_dir / "test.jsonl").read_text().splitlines()]
+    frames = [{**row, "set": str(clip_split_dir / row["set"])} for row in rows if "clip" in row]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in frames))
+    config = EvaluateConfig(warmup=1, repeats=3, threads=1, reference="", overlay_images=1)
+    result = evaluate([models_dir / "tiny" / "best.pt"], tmp_path, config)
+    assert result.images == 2 and (result.clips, result.frames) == (2, 6)
+    assert sorted(row["variant"] for row in result.video) == ["per-frame", "smoothed"]
