@@ -175,8 +175,14 @@ def build_datasets(config: TrainConfig, split_dir: str | Path, quiet: bool = Fal
     for dataset in (train_set, val_set):
         if dataset.missing and not quiet:
             print(dataset.missing_summary(), file=sys.stderr, flush=True)
+    thinned = thin_clips(train_set, config.clip_share)
+    if thinned is not train_set and not quiet:
+        frames = sum(1 for row in train_set.rows if row.get("clip") is not None)
+        kept = len(thinned) - (len(train_set) - frames)
+        print(f"train: {kept} of {frames} clip frames kept beside {len(train_set) - frames} photos "
+              f"(train.clip_share {config.clip_share:g})", file=sys.stderr, flush=True)  # fmt: skip
     return (
-        first_samples(thin_clips(train_set, config.clip_share), config.max_train_samples, config.seed),
+        first_samples(thinned, config.max_train_samples, config.seed),
         first_samples(val_set, config.max_val_samples, config.seed),
     )
 
