@@ -224,13 +224,8 @@ class SynthStep:
         row, options = work.item, self.options
         done = Done(Outcome(sample_id=work.sample_id, inputs=work.inputs))
         outcome = done.outcome
-        try:
-            foreground = load_foreground(self.foregrounds, row)
-        except (ValueError, OSError) as error:  # ImageError is a ValueError
-            outcome.skips.append({"file": row["image"], "reason": f"foreground not usable: {error}", "id": row["id"]})
-            return done
+        foreground = usable_foreground(self.foregrounds, row, outcome)
         if foreground is None:
-            outcome.skips.append({"file": row["image"], "reason": "empty mask: no person to paste", "id": row["id"]})
             return done
         for k in range(options.per_foreground):
             sample_id = composite_id(self.name, row["id"], k)
@@ -331,6 +326,18 @@ def scan_backgrounds(root: Path, report: Report, prefix: str = "") -> list[Backg
         report.ignore(f"backgrounds/{prefix}{entry['file']}", entry["reason"])
     report.counts.update({f"backgrounds_{key}": value for key, value in background_report.counts.items()})
     return backgrounds
+
+
+def usable_foreground(root: Path, row: dict[str, Any], outcome: Outcome) -> Foreground | None:
+    """The row's person (`load_foreground`), or None with the reason in `outcome.skips`: unreadable, or no person."""
+    try:
+        foreground = load_foreground(root, row)
+    except (ValueError, OSError) as error:  # ImageError is a ValueError
+        outcome.skips.append({"file": row["image"], "reason": f"foreground not usable: {error}", "id": row["id"]})
+        return None
+    if foreground is None:
+        outcome.skips.append({"file": row["image"], "reason": "empty mask: no person to paste", "id": row["id"]})
+    return foreground
 
 
 def load_foreground(root: Path, row: dict[str, Any]) -> Foreground | None:

@@ -45,11 +45,11 @@ from datatool.synth import (
     composite_files,
     cover_crop,
     harmonise,
-    load_foreground,
     resolve_inputs,
     sample_seed,
     scale_foreground,
     scan_background_folders,
+    usable_foreground,
 )
 
 SOURCE_FORMAT = "synth-video"
@@ -265,13 +265,8 @@ class SynthVideoStep:
         row, options = work.item, self.options
         done = Done(Outcome(sample_id=work.sample_id, inputs=work.inputs))
         outcome = done.outcome
-        try:
-            foreground = load_foreground(self.foregrounds, row)
-        except (ValueError, OSError) as error:  # ImageError is a ValueError
-            outcome.skips.append({"file": row["image"], "reason": f"foreground not usable: {error}", "id": row["id"]})
-            return done
+        foreground = usable_foreground(self.foregrounds, row, outcome)
         if foreground is None:
-            outcome.skips.append({"file": row["image"], "reason": "empty mask: no person to paste", "id": row["id"]})
             return done
         encoding = "pasted matte" if foreground.soft else f"pasted binary mask, feathered (sigma {options.feather_sigma:g} px)"
         for k in range(options.clips_per_foreground):
