@@ -80,12 +80,16 @@ def test_the_occlusion_hides_part_of_the_person_for_a_few_frames_only(tmp_path, 
     synthesize_video(*inputs, tmp_path / "without", name="v", options=replace(SMALL, occlusion=False))
     occluded_rows, clean_rows = load_rows(tmp_path / "with"), load_rows(tmp_path / "without")
     assert [row["id"] for row in occluded_rows] == [row["id"] for row in clean_rows]
+    occluded_frames = expected_occluded_frames = 0
     for occluded, clean in zip(occluded_rows, clean_rows, strict=True):
         if occluded["frame"] == 0:
             start, end = occluded["motion"]["occlusion_frames"]
+            # A brief occlusion: after a clean first frame, at least 2 frames, and not the whole clip.
+            assert 1 <= start and end - start >= 2 and end <= SMALL.frames and end - start < SMALL.frames - 1
+            expected_occluded_frames += end - start
         hidden, whole = read(tmp_path / "with", occluded["mask"]), read(tmp_path / "without", clean["mask"])
         if start <= occluded["frame"] < end:
-            assert 1 <= start and end - start >= 2
+            occluded_frames += 1
             # The occluder only removes person pixels, and removes some, never all.
             assert (hidden <= whole).all()
             lost = int(np.count_nonzero((whole > 0) & (hidden == 0)))
@@ -97,6 +101,7 @@ def test_the_occlusion_hides_part_of_the_person_for_a_few_frames_only(tmp_path, 
             # Outside the occlusion the frames are the same frames.
             assert (tmp_path / "with" / occluded["image"]).read_bytes() == (tmp_path / "without" / clean["image"]).read_bytes()
         assert clean["occluded_pixels"] == 0
+    assert occluded_frames == expected_occluded_frames > 0  # every clip's span was rendered, frame by frame
 
 
 def test_the_lighting_change_moves_pixel_values_and_never_the_mask(tmp_path, inputs):
