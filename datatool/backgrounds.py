@@ -36,7 +36,7 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import MANIFEST, REPORT, image_bytes, read_rows
-from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
+from datatool.engine import Done, EngineOptions, StageDefaults, Work, engine_header, run_stage
 from datatool.images import ImageError, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report
@@ -151,7 +151,7 @@ def build_backgrounds(
     return BackgroundsResult(output, photos, counts["backgrounds"], counts["included"], len(report.skipped), summary)
 
 
-class BackgroundsStage:
+class BackgroundsStage(StageDefaults):
     """What backgrounds tells the engine (`datatool.engine.Stage`): a work item is a photo of a set
     (`PhotoRow`) or an image of an include folder (`IncludedImage`); the library has no manifest."""
 
@@ -174,9 +174,6 @@ class BackgroundsStage:
 
     def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
         report.repair(work.file, note)
-
-    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
-        return row
 
 
 class BackgroundsStep:

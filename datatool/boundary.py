@@ -47,7 +47,7 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import MANIFEST, REPORT, mask_bytes, read_rows
-from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
+from datatool.engine import Done, EngineOptions, StageDefaults, Work, engine_header, run_stage
 from datatool.outputs import OutputFolder
 from datatool.report import Report
 from datatool.reuse import Outcome, row_fingerprint, signature
@@ -138,7 +138,7 @@ def build_boundaries(
     return BoundaryResult(output=output, rows=report.counts["rows"], written=totals.written, skipped=len(report.skipped), report=summary)
 
 
-class BoundaryStage:
+class BoundaryStage(StageDefaults):
     """What boundary tells the engine (`datatool.engine.Stage`)."""
 
     state_file = STATE
@@ -164,12 +164,6 @@ class BoundaryStage:
 
     def step_factory(self):
         return partial(BoundaryStep, self.input_dir, self.width, self.method)
-
-    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
-        report.repair(work.file, note, id=outcome.sample_id)
-
-    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
-        return row
 
 
 class BoundaryStep:

@@ -125,6 +125,18 @@ class Stage(Protocol):
         ...
 
 
+class StageDefaults:
+    """The `Stage` hooks most stages share: a repair note is reported against the work item's file
+    and sample id, and a produced row goes to the manifest as the step made it. Subclass it and
+    override what differs."""
+
+    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
+        report.repair(work.file, note, id=outcome.sample_id)
+
+    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
+        return row
+
+
 @dataclass
 class Totals:
     written: int = 0  # rows (of the manifest, where the stage writes one)

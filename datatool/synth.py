@@ -41,7 +41,7 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import IMAGES, MANIFEST, MASKS, REPORT, image_bytes, make_id, mask_bytes, read_rows
-from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
+from datatool.engine import Done, EngineOptions, StageDefaults, Work, engine_header, run_stage
 from datatool.images import ImageError, apply_orientation, read_image
 from datatool.outputs import OutputFolder
 from datatool.report import Report
@@ -171,7 +171,7 @@ def synthesize(
     return SynthResult(output, len(rows), len(background_list), totals.written, len(report.skipped), summary)
 
 
-class SynthStage:
+class SynthStage(StageDefaults):
     """What synth tells the engine (`datatool.engine.Stage`): a work item is one foreground row,
     its outcome that person's composites."""
 
@@ -200,12 +200,6 @@ class SynthStage:
 
     def step_factory(self):
         return partial(SynthStep, self.foregrounds, self.backgrounds, self.name, self.options)
-
-    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
-        report.repair(work.file, note, id=outcome.sample_id)
-
-    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
-        return row
 
 
 class SynthStep:

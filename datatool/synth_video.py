@@ -33,7 +33,7 @@ import numpy as np
 
 from datatool import __version__
 from datatool.canonical import IMAGES, MASKS, REPORT, image_bytes, make_id, mask_bytes, read_rows
-from datatool.engine import Done, EngineOptions, Work, engine_header, run_stage
+from datatool.engine import Done, EngineOptions, StageDefaults, Work, engine_header, run_stage
 from datatool.outputs import OutputFolder
 from datatool.report import Report
 from datatool.reuse import Outcome, file_fingerprint, row_fingerprint, signature
@@ -207,7 +207,7 @@ def synthesize_video(
     return SynthVideoResult(output, len(rows), len(background_list), clips, totals.written, len(report.skipped), summary)
 
 
-class SynthVideoStage:
+class SynthVideoStage(StageDefaults):
     """What synth-video tells the engine (`datatool.engine.Stage`): a work item is one foreground
     row, its outcome that person's clips, frame by frame."""
 
@@ -240,12 +240,6 @@ class SynthVideoStage:
 
     def step_factory(self):
         return partial(SynthVideoStep, self.foregrounds, self.backgrounds, self.name, self.options)
-
-    def note(self, report: Report, work: Work, outcome: Outcome, note: str) -> None:
-        report.repair(work.file, note, id=outcome.sample_id)
-
-    def accept(self, work: Work, row: dict[str, Any]) -> dict[str, Any]:
-        return row
 
 
 class SynthVideoStep:
