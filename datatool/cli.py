@@ -216,10 +216,11 @@ def models_list(cache_dir) -> None:
     from portraitseg.teacher_files import get_model, list_models, model_status
 
     cache = cache_dir or default_cache_dir()
+    width = max(len(name) for name in list_models())
     for name in list_models():
         model = get_model(name)
-        click.echo(f"{name:<17} {model_status(name, cache):<8} {model.requirement:<28} sha256 {model.sha256[:12]}  {model.cached_path(cache)}")
-        click.echo(f"{'':<17} {model.description} ({model.licence})")
+        click.echo(f"{name:<{width}} {model_status(name, cache):<8} {model.requirement:<28} sha256 {model.sha256[:12]}  {model.cached_path(cache)}")
+        click.echo(f"{'':<{width}} {model.description} ({model.licence})")
 
 
 @teacher_files.command("fetch")

@@ -127,8 +127,15 @@ def check_type(key: str, value: Any, expected: Any) -> Any:
         return [check_type(f"{key}[{index}]", item, item_type) for index, item in enumerate(value)]
     if expected is Any:
         return value
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"unsupported field type for {key}: {expected}")
+    if origin in (typing.Union, types.UnionType):  # e.g. `size: int | list[int]`: the first alternative that fits
+        alternatives = typing.get_args(expected)
+        for alternative in alternatives:
+            try:
+                return check_type(key, value, alternative)
+            except ConfigError:
+                continue
+        names = " or ".join(getattr(alternative, "__name__", str(alternative)) for alternative in alternatives)
+        raise ConfigError(f"{key} must be {names}, got {type(value).__name__} {value!r}")
     if expected is str and value is None:  # `reference:` left empty in YAML
         return ""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):

@@ -3,11 +3,12 @@
     probabilities = predictor.predict([photo, ...])   # each (H, W, 3) uint8 RGB, any size
     # -> [(H, W) float32 in [0, 1], ...] at each photo's own size, 1 = person
 
-`input_size` is the side S of the square input the model sees (the photo is resized to S x S
-inside `predict`), or None for a model that takes photos of other shapes. Teachers
-(`portraitseg.teachers.base.Teacher`) implement it themselves. A model that takes batches of
-photos already at S x S (a `trainer.runtime.Runner`: a checkpoint or an exported file) becomes
-one through `SquareInputPredictor`, which resizes as every teacher does (`portraitseg.resize`).
+`input_size` is the (height, width) of the input the model sees (the photo is resized to it
+inside `predict`; (256, 256) for MediaPipe's general model, (144, 256) for its landscape one), or
+None for a model that takes photos of other shapes. Teachers (`portraitseg.teachers.base.Teacher`)
+implement it themselves. A model that takes batches of photos already at that size (a
+`trainer.runtime.Runner`: a checkpoint or an exported file) becomes one through
+`FixedInputPredictor`, which resizes as every teacher does (`portraitseg.resize`).
 Scoring and timing (`trainer.harness`) take any Predictor, so `trainer evaluate`'s reference
 teacher, its students and the export parity check are all measured the same way.
 """
@@ -17,23 +18,25 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from portraitseg.resize import Placement, letterbox, resize_image, resize_probability, stretch
+from portraitseg.resize import InputSize, Placement, as_input_size, letterbox, resize_image, resize_probability, stretch
 
 
 @runtime_checkable
 class Predictor(Protocol):
-    input_size: int | None  # side of the square model input; None = the model takes other shapes
+    input_size: InputSize | None  # (height, width) of the model input; None = the model takes other shapes
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Person probability maps, (H, W) float32 in [0, 1], one per (H, W, 3) uint8 RGB photo."""
         ...
 
 
-class SquareInputPredictor:
-    """A model of (N, S, S, C) batches -> (N, S, S) probabilities, as a Predictor of photos.
+class FixedInputPredictor:
+    """A model of (N, H, W, C) batches -> (N, H, W) probabilities, as a Predictor of photos.
 
-    The photos of one `predict` call go through the model as one batch. `fit="stretch"` resizes
-    each photo to S x S (area when shrinking, bilinear otherwise), as the students are trained;
+    (H, W) is the model's fixed input size: a square S x S, or e.g. a landscape 144 x 256. Below,
+    S x S stands for it. The photos of one `predict` call go through the model as one batch.
+    `fit="stretch"` resizes each photo to S x S (area when shrinking, bilinear otherwise), as the
+    students are trained;
     `fit="letterbox"` scales it to fit with its aspect kept and fills the rest with `pad_rgb`
     (the output is cropped back to the content). The S x S probabilities are resized bilinearly to
     each photo's size. A photo already at S x S goes through both resizes untouched, which is how
@@ -50,7 +53,7 @@ class SquareInputPredictor:
     def __init__(
         self,
         predict_batch: Callable[[np.ndarray], np.ndarray],
-        input_size: int,
+        input_size: "InputSize | int",
         fit: str = "stretch",
         pad_rgb: tuple[int, int, int] = (0, 0, 0),
         takes_prior: bool = False,
@@ -58,35 +61,38 @@ class SquareInputPredictor:
         if fit not in ("letterbox", "stretch"):
             raise ValueError(f"fit must be letterbox or stretch, got {fit!r}")
         self.predict_batch = predict_batch
-        self.input_size = int(input_size)
+        self.input_size = as_input_size(input_size)
         self.fit = fit
         self.pad_rgb = pad_rgb
         self.takes_prior = takes_prior
 
     def predict(self, images: list[np.ndarray], priors: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
-        size = self.input_size
+        height, width = self.input_size
         if priors is not None and not self.takes_prior:
             raise ValueError("this model takes no prior (it was not trained with model_options.prior)")
-        fitted = [letterbox(image, size, size, 0) if self.fit == "letterbox" else stretch(image, size, size) for image in images]
+        fitted = [
+            letterbox(image, width, height, 0) if self.fit == "letterbox" else stretch(image, width, height)
+            for image in images
+        ]
         if self.fit == "letterbox":
             for canvas, placement in fitted:
                 canvas[placement.height :] = self.pad_rgb
                 canvas[:, placement.width :] = self.pad_rgb
-        batch = np.stack([canvas for canvas, _ in fitted])  # (N, S, S, 3) uint8
+        batch = np.stack([canvas for canvas, _ in fitted])  # (N, H, W, 3) uint8
         if self.takes_prior:
             priors = priors if priors is not None else [None] * len(images)
-            prior_channel = [fit_prior(prior, placement, size) for prior, (_, placement) in zip(priors, fitted, strict=True)]
-            batch = np.concatenate([batch.astype(np.float32), np.stack(prior_channel)[..., None]], axis=-1)  # (N, S, S, 4)
-        outputs = np.asarray(self.predict_batch(batch))  # (N, S, S)
+            prior_channel = [fit_prior(prior, placement) for prior, (_, placement) in zip(priors, fitted, strict=True)]
+            batch = np.concatenate([batch.astype(np.float32), np.stack(prior_channel)[..., None]], axis=-1)  # (N, H, W, 4)
+        outputs = np.asarray(self.predict_batch(batch))  # (N, H, W)
         return [
             resize_probability(placement.crop(output), *image.shape[:2])
             for output, (_, placement), image in zip(outputs, fitted, images, strict=True)
         ]
 
 
-def fit_prior(prior: np.ndarray | None, placement: Placement, size: int) -> np.ndarray:
-    """A photo-sized prior probability (or None: empty) -> (S, S) float32 0..255 where the photo's content lies."""
-    canvas = np.zeros((size, size), np.float32)
+def fit_prior(prior: np.ndarray | None, placement: Placement) -> np.ndarray:
+    """A photo-sized prior probability (or None: empty) -> the model input's (H, W) float32 0..255, where the photo's content lies."""
+    canvas = np.zeros((placement.input_height, placement.input_width), np.float32)
     if prior is not None:
         content = resize_image(np.asarray(prior, np.float32), placement.width, placement.height)
         canvas[: placement.height, : placement.width] = np.clip(content, 0.0, 1.0) * 255.0
@@ -137,7 +143,7 @@ class FrameStream:
         self.start_clip()
 
     @property
-    def input_size(self) -> int | None:
+    def input_size(self) -> InputSize | None:
         return self.predictor.input_size
 
     def start_clip(self) -> None:

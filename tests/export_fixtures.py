@@ -89,9 +89,9 @@ def set_colour_rule(model: TinyExportSegmenter) -> None:
         model.head.bias.zero_()
 
 
-def write_checkpoint(output: Path, prior_weight: float | None = None) -> Path:
-    """best.pt of the colour-rule model in the checkpoint format `trainer.train.fit` writes; with a
-    prior channel of weight `prior_weight` unless that is None."""
+def write_checkpoint(output: Path, prior_weight: float | None = None, size: int | list[int] = SIZE) -> Path:
+    """best.pt of the colour-rule model in the checkpoint format `trainer.train.fit` writes, trained at
+    `size` (train.size: S or [H, W]); with a prior channel of weight `prior_weight` unless that is None."""
     model_options = {} if prior_weight is None else {"prior": True}
     model = TinyExportSegmenter().eval()
     if prior_weight is not None:
@@ -101,7 +101,7 @@ def write_checkpoint(output: Path, prior_weight: float | None = None) -> Path:
         with torch.no_grad():
             model.body[0].weight[:, 3] = 0.0
             model.body[0].weight[0, 3, 1, 1] = prior_weight  # channel 0 = relu(R - B + w * prior)
-    config = build_section(TrainConfig, "train", {"model": TINY, "size": SIZE, "model_options": model_options})
+    config = build_section(TrainConfig, "train", {"model": TINY, "size": size, "model_options": model_options})
     state = Checkpoint(
         model_name=TINY,
         model_options=model_options,

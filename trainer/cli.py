@@ -43,6 +43,28 @@ def setting_option(*param_decls: str, key: str, **attrs):
     )
 
 
+class InputSizeType(click.ParamType):
+    """A model input size on the command line: S (a square, e.g. 192) or HxW (e.g. 144x256, landscape)."""
+
+    name = "S|HxW"
+
+    def __init__(self, min_side: int = 16):
+        self.min_side = min_side
+
+    def convert(self, value, param, ctx):
+        from portraitseg.resize import as_input_size
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            size = as_input_size(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+        if min(size) < self.min_side:
+            self.fail(f"{value!r}: each side must be at least {self.min_side} px", param, ctx)
+        return size
+
+
 def split_dir_option(help_text: str):
     """`--split-dir DIR`: the `datatool split` folder (train/val/test.jsonl), one name for every command."""
     return click.option(
@@ -186,12 +208,12 @@ def import_encoder(tflite_name: str, images_dir: Path, output: Path) -> None:
 
 @main.command()
 @click.argument("artefact")
-@click.option("--size", type=click.IntRange(min=16), help="Input side of a checkpoint in px.  [default: its training size]")
+@click.option("--size", type=InputSizeType(), help="A checkpoint's input: S or HxW px (e.g. 144x256).  [default: its training size]")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="CPU threads of the runtime.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many of the slowest layers to list.")
 @click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True, help="Timed runs after warm-up.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the whole profile as JSON.")
-def profile(artefact: str, size: int | None, threads: int, top: int, runs: int, output: Path | None) -> None:
+def profile(artefact: str, size: tuple[int, int] | None, threads: int, top: int, runs: int, output: Path | None) -> None:
     """Where ARTEFACT's CPU time goes: time per operator type and the slowest layers (Markdown).
 
     ARTEFACT is a checkpoint (best.pt), an .onnx or .tflite file, or `mediapipe-selfie` (the
@@ -311,10 +333,10 @@ def evaluate(
     help="For replace: an image file, a folder of images (one per input, in turn) or a colour (white, #00b140, 0,177,64).",
 )  # fmt: skip
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Person where the probability is at least this (mask, overlay).")
-@click.option("--size", type=click.IntRange(min=16), help="A checkpoint's input side in px.  [default: its training size]")
+@click.option("--size", type=InputSizeType(), help="A checkpoint's input: S or HxW px (e.g. 144x256).  [default: its training size]")
 @click.option(
     "--fit", type=click.Choice(["stretch", "letterbox"]), default="stretch", show_default=True,
-    help="How a photo meets a student's square input: stretched, as students train (the better IoU), or its aspect kept and padded.",
+    help="How a photo meets a student's input: stretched, as students train (the better IoU), or its aspect kept and padded.",
 )  # fmt: skip
 @click.option(
     "--edges", type=click.Choice(["guided", "bilinear"]), default="guided", show_default=True,
@@ -331,7 +353,7 @@ def evaluate(
     help="Teacher model files (`datatool teacher-files fetch`).  [default: ~/.cache/portraitseg/teacher-files]",
 )  # fmt: skip
 def predict(
-    model: str, source: str, output: Path, save: str, background: str, threshold: float, size: int | None,
+    model: str, source: str, output: Path, save: str, background: str, threshold: float, size: tuple[int, int] | None,
     fit: str, edges: str, smooth: float, batch: int, threads: int, model_cache: Path | None,
 ) -> None:  # fmt: skip
     """Run a model on photos, folders, videos, a camera or a stream: masks, mattes, cutouts, blurred or replaced backgrounds."""
@@ -369,26 +391,33 @@ def predict(
 @split_dir_option("`datatool split` folder; images come from its train.jsonl.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write.")
 @setting_option("--count", key="export.calibration_images", type=click.IntRange(min=1), help="Train images to draw.")
-@click.option("--size", type=click.IntRange(min=1), required=True, help="Model input side in px (train.size).")
+@click.option(
+    "--size", type=InputSizeType(min_side=1),
+    help="Model input: S or HxW px (e.g. 144x256).  [default: train.size of --params]",
+)  # fmt: skip
 @setting_option("--seed", key="export.seed", type=int, help="Same seed -> the same images.")
-@params_option("YAML file whose `export:` section sets the count and seed (defaults when the file or section is absent).")
+@params_option("YAML file whose `export:` section sets the count and seed, and `train.size` the size (defaults when absent).")
 def calibration_set(
-    split_dir: Path, output: Path, count: int | None, size: int, seed: int | None, params_path: Path | None
+    split_dir: Path, output: Path, count: int | None, size: tuple[int, int] | None, seed: int | None, params_path: Path | None
 ) -> None:
-    """Write the int8 calibration set: COUNT seeded train images at SIZE x SIZE (samples.npy + calibration.json)."""
+    """Write the int8 calibration set: COUNT seeded train images at the model's input size (samples.npy + calibration.json)."""
     from portraitseg.params import ConfigError, load_section
+    from portraitseg.resize import format_input_size
+    from trainer.config import TrainConfig
     from trainer.export.calibration import CalibrationError, write_calibration_set
     from trainer.export.pipeline import ExportConfig
 
     try:
         config = load_section(params_path, "export", ExportConfig, {"calibration_images": count, "seed": seed})
+        # train.size is a list for a non-square input, which dvc.yaml cannot put into a command: read here.
+        size = size or load_section(params_path, "train", TrainConfig).input_size
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     try:
         info = write_calibration_set(split_dir, output, config.calibration_images, size, config.seed)
     except (CalibrationError, OSError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"{info.count} train images at {size}x{size} (seed {config.seed}) -> {output}")
+    click.echo(f"{info.count} train images at {format_input_size(size)} (seed {config.seed}) -> {output}")
 
 
 @main.command()
@@ -410,7 +439,7 @@ def calibration_set(
     "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the artefact."
 )
 @click.option("--allow-drop", is_flag=True, help="Exit 0 even when the IoU drop exceeds export.max_parity_iou_drop.")
-@click.option("--size", type=click.IntRange(min=16), help="Input side of the artefact in px.  [default: the training size]")
+@click.option("--size", type=InputSizeType(), help="The artefact's input: S or HxW px (e.g. 144x256).  [default: the training size]")
 @params_option("YAML file whose `export:` section sets the checks (defaults when the file or section is absent).")
 def export(
     checkpoint: Path,
@@ -421,7 +450,7 @@ def export(
     output: Path,
     allow_drop: bool,
     params_path: Path | None,
-    size: int | None,
+    size: tuple[int, int] | None,
 ) -> None:
     """Export a checkpoint to ONNX, TFLite or TensorRT and check it against fp32 PyTorch on validation photos."""
     from portraitseg.records import SplitError

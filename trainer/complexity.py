@@ -10,6 +10,8 @@ in the environment, and the hook rule is short enough to read in full below.
 import torch
 from torch import nn
 
+from portraitseg.resize import InputSize
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
@@ -32,8 +34,8 @@ def layer_macs(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, size: int) -> int:
-    """MACs of `model` on one (1, C, size, size) input (convolutions and linear layers)."""
+def count_macs(model: nn.Module, size: InputSize) -> int:
+    """MACs of `model` on one (1, C, height, width) input (convolutions and linear layers)."""
     total = 0
 
     def add(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -45,7 +47,7 @@ def count_macs(model: nn.Module, size: int) -> int:
     try:
         was_training = model.training
         model.eval()
-        model(torch.zeros(1, getattr(model, "in_channels", 3), size, size))  # 4 channels for a prior model
+        model(torch.zeros(1, getattr(model, "in_channels", 3), *size))  # 4 channels for a prior model
         model.train(was_training)
     finally:
         for handle in handles:

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from portraitseg.params import ConfigError
+from portraitseg.resize import InputSize, as_input_size
 from trainer.losses import LOSS_TERMS
 
 SCHEDULES = ("cosine", "plateau")
@@ -25,7 +26,8 @@ class TrainConfig:
 
     model: str = "blazeseg"  # a name from trainer.models.list_models()
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to create_model
-    size: int = 128  # square input side in px; BlazeSeg is designed for 128x128
+    size: int | list[int] = 128  # input side S in px (a square), or [height, width] (e.g. [144, 256], MediaPipe's
+    # landscape input); BlazeSeg is designed for 128x128
     epochs: int = 30
     batch_size: int = 16
     lr: float = 3e-3  # AdamW peak learning rate; small from-scratch models like a high one
@@ -67,9 +69,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        for name in ("size", "epochs", "batch_size"):
+        for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        try:
+            as_input_size(self.size)
+        except ValueError as error:
+            raise ConfigError(f"train.size: {error}") from None
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
         for name in ("copy_paste", "prior_empty", "clip_share"):
@@ -88,6 +94,11 @@ class TrainConfig:
         for name, weight in self.loss_weights.items():
             if weight < 0:
                 raise ConfigError(f"train.loss_weights.{name} must not be negative, got {weight}")
+
+    @property
+    def input_size(self) -> InputSize:
+        """The model input as (height, width)."""
+        return as_input_size(self.size)
 
     @property
     def prior(self) -> bool:

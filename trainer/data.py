@@ -1,6 +1,7 @@
 """Training data: a dataset over `datatool split` manifests, with paired albumentations transforms.
 
-An item is a dict of tensors at `size` x `size`:
+An item is a dict of tensors at the input size, (height, width) = (S, S) for a square `size` or
+(H, W) for `size` [H, W] (written S x S below):
 
 - `image` (3, S, S) float32, RGB, normalised with `IMAGENET_MEAN` / `IMAGENET_STD`;
 - `mask` (1, S, S) float32 in [0, 1] (binary masks stay {0, 1}; mattes and soft masks stay soft);
@@ -54,17 +55,18 @@ from tqdm import tqdm
 
 from portraitseg.imagefiles import read_mask, read_rgb
 from portraitseg.records import SplitError, read_split, resolve
+from portraitseg.resize import InputSize, as_input_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SOFT_MASK_KINDS = ("alpha", "soft")  # mask_kind values resized bilinearly; "binary" uses nearest
 
 
-def build_geometric(size: int, augment: bool, mask_interpolation: int) -> A.Compose:
-    """Resize to size x size, then (training) flip and a random affine; masks with `mask_interpolation`."""
+def build_geometric(size: InputSize, augment: bool, mask_interpolation: int) -> A.Compose:
+    """Resize to (height, width) `size`, then (training) flip and a random affine; masks with `mask_interpolation`."""
     area_for_downscale = "image" if mask_interpolation == cv2.INTER_NEAREST else "image_mask"
     transforms: list[A.BasicTransform] = [
-        A.Resize(size, size, mask_interpolation=mask_interpolation, area_for_downscale=area_for_downscale)
+        A.Resize(*size, mask_interpolation=mask_interpolation, area_for_downscale=area_for_downscale)
     ]
     if augment:
         # Ranges in the spirit of PortraitNet's deformation augmentation (scale, shift, rotation),
@@ -149,8 +151,8 @@ def replay(pipeline: A.Compose, seed: int) -> None:
     pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def build_transforms(size: int, augment: bool) -> PairedTransforms:
-    """The transforms of a training (`augment=True`) or validation (resize only) item at size x size."""
+def build_transforms(size: InputSize, augment: bool) -> PairedTransforms:
+    """The transforms of a training (`augment=True`) or validation (resize only) item at (height, width) `size`."""
     return PairedTransforms(
         geometric_nearest=build_geometric(size, augment, cv2.INTER_NEAREST),
         geometric_linear=build_geometric(size, augment, cv2.INTER_LINEAR),
@@ -170,23 +172,24 @@ class PriorSimulation:
     """
 
     empty_share: float  # share of all-zero priors (train.prior_empty)
-    shift: float = 0.04  # largest shift, as a share of S
+    shift: float = 0.04  # largest shift, as a share of each side
     scale: float = 0.08  # largest relative change of size
     rotation: float = 4.0  # largest rotation, degrees
-    morphology_px: int = 3  # largest erosion or dilation radius, px at S = 128 (scaled with S)
-    blur_sigma: float = 1.5  # largest Gaussian blur sigma, px at S = 128 (scaled with S)
+    morphology_px: int = 3  # largest erosion or dilation radius, px at S = 128 (scaled with the shorter side)
+    blur_sigma: float = 1.5  # largest Gaussian blur sigma, px at S = 128 (scaled with the shorter side)
 
     def __call__(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """(S, S) float32 truth in [0, 1] -> a simulated previous-frame probability (S, S) float32 in [0, 1]."""
-        size = mask.shape[0]
+        """(H, W) float32 truth in [0, 1] -> a simulated previous-frame probability (H, W) float32 in [0, 1]."""
+        height, width = mask.shape
+        size = min(height, width)
         if rng.random() < self.empty_share:
             return np.zeros_like(mask, dtype=np.float32)
-        shift_x, shift_y = rng.uniform(-self.shift, self.shift, 2) * size
+        shift_x, shift_y = rng.uniform(-self.shift, self.shift, 2) * (width, height)
         matrix = cv2.getRotationMatrix2D(
-            (size / 2, size / 2), rng.uniform(-self.rotation, self.rotation), 1.0 + rng.uniform(-self.scale, self.scale)
+            (width / 2, height / 2), rng.uniform(-self.rotation, self.rotation), 1.0 + rng.uniform(-self.scale, self.scale)
         )
         matrix[:, 2] += (shift_x, shift_y)
-        prior = cv2.warpAffine(mask.astype(np.float32), matrix, (size, size), flags=cv2.INTER_LINEAR,
+        prior = cv2.warpAffine(mask.astype(np.float32), matrix, (width, height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
         radius = round(rng.uniform(0, self.morphology_px) * size / 128)
         if radius > 0:
@@ -207,13 +210,13 @@ def read_gray(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 class SegmentationDataset(Dataset):
-    """The `split` rows of a `datatool split` folder as tensors at size x size (see the module doc)."""
+    """The `split` rows of a `datatool split` folder as tensors at `size`: S (a square) or (H, W) (see the module doc)."""
 
     def __init__(
         self,
         split_dir: Path,
         split: str,
-        size: int,
+        size: int | Sequence[int],
         augment: bool,
         with_edges: bool = True,
         with_teacher: bool = False,
@@ -227,7 +230,7 @@ class SegmentationDataset(Dataset):
         self.rows = read_split(self.split_dir, split)
         if sources:  # e.g. validate on real photos only, leaving out the composites of val people
             self.rows = [row for row in self.rows if row.get("source") in set(sources)]
-        self.size = size
+        self.size = as_input_size(size)  # (height, width)
         self.with_edges = with_edges
         self.with_teacher = with_teacher
         # Checked here rather than in `load`: a missing file would stop training mid-epoch, in a
@@ -242,7 +245,7 @@ class SegmentationDataset(Dataset):
                 self.missing.append({"id": row["id"], "file": str(absent)})
         self.rows = present
         self.with_second_view = with_second_view
-        self.transforms = build_transforms(size, augment)
+        self.transforms = build_transforms(self.size, augment)
         self.augment = augment
         self.copy_paste = copy_paste
         self.prior = prior  # how to simulate the `prior` of each item; None = items without one
@@ -298,7 +301,7 @@ class SegmentationDataset(Dataset):
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         out = self.transforms(image, hard, soft, seed, second_view=self.with_second_view)
 
-        zeros = np.zeros((self.size, self.size), np.float32)
+        zeros = np.zeros(self.size, np.float32)
         item: dict[str, Any] = {
             "image": torch.from_numpy(out["image"].transpose(2, 0, 1).copy()),  # (3, S, S)
             "mask": torch.from_numpy(np.clip(out["mask"], 0.0, 1.0)[None].copy()),  # (1, S, S)
@@ -330,18 +333,19 @@ def paste_person(item: dict[str, Any], donor: dict[str, Any], generator: torch.G
     stepped into view, which teaches a prior student that the image, not the prior, says where
     people are (pasting the exact alpha into the prior would instead teach it to copy the prior).
     """
-    size = item["mask"].shape[-1]
+    height, width = item["mask"].shape[-2:]
     scale = 0.5 + 0.5 * torch.rand((), generator=generator).item()
-    side = max(8, round(size * scale))
-    top, left = (int(torch.randint(0, size - side + 1, (), generator=generator).item()) for _ in range(2))
+    rows, cols = max(8, round(height * scale)), max(8, round(width * scale))  # the donor's aspect is kept
+    top = int(torch.randint(0, height - rows + 1, (), generator=generator).item())
+    left = int(torch.randint(0, width - cols + 1, (), generator=generator).item())
 
     def shrink(tensor: Tensor) -> Tensor:
-        return nn.functional.interpolate(tensor[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+        return nn.functional.interpolate(tensor[None], size=(rows, cols), mode="bilinear", align_corners=False)[0]
 
     alpha = shrink(donor["mask"]).clamp(0, 1)
     if not alpha.any():
         return  # nobody in the donor: nothing to paste
-    region = (slice(None), slice(top, top + side), slice(left, left + side))
+    region = (slice(None), slice(top, top + rows), slice(left, left + cols))
 
     def blend(key: str, pasted: Tensor) -> None:
         item[key][region] = alpha * pasted + (1 - alpha) * item[key][region]

@@ -43,6 +43,7 @@ from portraitseg.params import ConfigError
 from portraitseg.predictor import Predictor
 from portraitseg.progress import progress
 from portraitseg.records import SplitError, read_split
+from portraitseg.resize import InputSize, format_input_size
 from portraitseg.teacher_files import ModelMissingError
 from portraitseg.teachers import TeacherError
 from trainer.complexity import count_macs, count_parameters
@@ -156,12 +157,13 @@ class Candidate:
         return f"{self.model}/{self.backend}"
 
     @property
-    def size(self) -> int | None:
-        """Square input side S; None for a reference that takes photos of other shapes."""
-        return self.predictor.input_size
+    def size(self) -> list[int] | None:
+        """The model input as [height, width]; None for a teacher that takes photos of other shapes."""
+        size = self.predictor.input_size
+        return list(size) if size else None
 
 
-def open_artefact(path: Path, threads: int, size_cache: dict[Path, tuple[int, int]]) -> Candidate:
+def open_artefact(path: Path, threads: int, size_cache: dict) -> Candidate:
     """A Candidate for a checkpoint or exported file; RunnerError becomes an EvaluationError naming it."""
     from trainer.runtime import RunnerError
 
@@ -169,7 +171,7 @@ def open_artefact(path: Path, threads: int, size_cache: dict[Path, tuple[int, in
         runner = open_model(path, threads)
     except RunnerError as error:
         raise EvaluationError(f"cannot evaluate {path}: {error}") from error
-    size = int(runner.input_size)
+    size = runner.input_size
     params = macs = None
     checkpoint = checkpoint_of(path)
     if checkpoint is not None:
@@ -182,12 +184,12 @@ def open_artefact(path: Path, threads: int, size_cache: dict[Path, tuple[int, in
         predictor=runner.as_predictor(),
         params=params,
         macs=macs,
-        timing=f"runner.predict ({'GPU' if runner.backend == 'tensorrt' else 'CPU'}) of a photo at its {size}x{size} input: "
-        "uint8 (1, S, S, 3) -> probabilities (cast and normalisation in the call)",
+        timing=f"runner.predict ({'GPU' if runner.backend == 'tensorrt' else 'CPU'}) of a photo at its "
+        f"{format_input_size(size)} input: uint8 (1, H, W, 3) -> probabilities (cast and normalisation in the call)",
     )
 
 
-def complexity_of(checkpoint: Path, size: int, cache: dict[Path, tuple[int, int]]) -> tuple[int | None, int | None]:
+def complexity_of(checkpoint: Path, size: InputSize, cache: dict) -> tuple[int | None, int | None]:
     """(parameters, MACs at size) of a checkpoint's model; (None, None) when it cannot be rebuilt."""
     from trainer.checkpoint import CheckpointError, load_model
 
@@ -209,10 +211,10 @@ def open_teacher(spec: str, threads: int, model_cache: Path | None, reference: b
         raise EvaluationError(f"cannot build the {'reference' if reference else 'teacher'} {spec}: {error}") from error
     model_file = getattr(teacher, "model_file", None)
     size = teacher.input_size
-    on = f"a photo at its {size}x{size} input" if size else "the first photo at its own size (resizes included)"
+    on = f"a photo at its {format_input_size(size)} input" if size else "the first photo at its own size (resizes included)"
     return Candidate(
         model=spec,
-        backend="litert-fp32" if spec == "mediapipe-selfie" else "teacher",
+        backend="litert-fp32" if spec in ("mediapipe-selfie", "mediapipe-selfie-landscape") else "teacher",
         path=Path(model_file) if model_file else Path(spec),
         predictor=teacher,
         reference=reference,
@@ -427,7 +429,7 @@ def speed_comparison(results: list[dict[str, Any]], iou_window: float) -> dict[s
 
 def speed_line(speed: dict[str, Any], images: int) -> str:
     """"latency ratio A / B at SxS: X.XX" (both sizes named when they differ) with both IoUs."""
-    student, reference = (f"{size}x{size}" if size else "photo size" for size in (speed["student_size"], speed["reference_size"]))
+    student, reference = (format_input_size(speed[key]) for key in ("student_size", "reference_size"))
     sizes = f"at {student}" if student == reference else f"at {student} vs {reference} (input sizes differ)"
     return (
         f"latency ratio {speed['student']} / {speed['reference']} {sizes}: {speed['latency_ratio']:.2f} "

@@ -16,12 +16,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from portraitseg.resize import format_input_size
 from trainer.evaluate import EvaluationResult, speed_line
 
 METRIC_KEYS = (
     "iou", "pooled_iou", "miou", "boundary_f", "pixel_accuracy", "alpha_mae", "latency_ms", "latency_p90_ms", "latency_ratio",
-    "input_size", "params", "macs", "file_mb",
-)  # fmt: skip
+    "params", "macs", "file_mb",
+)  # fmt: skip  (the input size goes in as input_height and input_width)
 VIDEO_KEYS = ("iou", "pooled_iou", "boundary_f", "dtssd", "flip_rate", "frames", "clips")
 PLOTS_FILE = Path("plots") / "latency_vs_iou.json"
 CELL_WIDTH = 160  # px of one overlay column
@@ -32,7 +33,7 @@ TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = (40, 200, 40), (230, 40, 40), (4
 COLUMNS = (
     ("Model", "model", "{}"),
     ("Backend", "backend", "{}"),
-    ("Input", "input_size", "{0}x{0}"),
+    ("Input", "input_size", "{}"),
     ("IoU", "iou", "{:.4f}"),
     ("Pooled IoU", "pooled_iou", "{:.4f}"),
     ("mIoU", "miou", "{:.4f}"),
@@ -71,9 +72,10 @@ def metrics_tree(result: EvaluationResult) -> dict[str, Any]:
     """model -> backend -> numbers (no strings: `dvc metrics diff` compares numbers), plus the speed target."""
     tree: dict[str, Any] = {}
     for row in result.rows:
-        tree.setdefault(row["model"], {})[row["backend"]] = {
-            key: row[key] for key in METRIC_KEYS if row.get(key) is not None
-        }
+        numbers = {key: row[key] for key in METRIC_KEYS if row.get(key) is not None}
+        if row.get("input_size"):
+            numbers["input_height"], numbers["input_width"] = row["input_size"]
+        tree.setdefault(row["model"], {})[row["backend"]] = numbers
     for row in result.video:
         numbers = {key: row[key] for key in VIDEO_KEYS if row.get(key) is not None}
         tree.setdefault("video_clips", {}).setdefault(row["model"], {}).setdefault(row["backend"], {})[row["variant"]] = numbers
@@ -96,10 +98,10 @@ def format_cell(row: dict[str, Any], key: str, template: str) -> str:
     value = row.get(key)
     if value is None:
         return "n/a"
-    if key == "params":
+    if key in ("params", "macs"):
         value = value / 1e6
-    elif key == "macs":
-        value = value / 1e6
+    elif key == "input_size":
+        value = format_input_size(value)
     return template.format(value)
 
 

@@ -223,8 +223,8 @@ def time_predictors(
     """
     calls = {}
     for index, predictor in enumerate(predictors):
-        size = predictor.input_size
-        sample = photo if size is None else resize_image(photo, size, size)
+        size = predictor.input_size  # (height, width)
+        sample = photo if size is None else resize_image(photo, size[1], size[0])
         calls[str(index)] = lambda predictor=predictor, sample=sample: predictor.predict([sample])
     latencies = measure_latencies(calls, warmup, repeats)
     return [latencies[str(index)] for index in range(len(predictors))]

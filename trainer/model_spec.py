@@ -12,11 +12,11 @@ from pathlib import Path
 ARTEFACT_SUFFIXES = (".pt", ".onnx", ".tflite", ".engine")
 
 
-def open_model(spec: str | Path, threads: int, model_cache: Path | None = None, size: int | None = None):
+def open_model(spec: str | Path, threads: int, model_cache: Path | None = None, size: tuple[int, int] | None = None):
     """What a model spec names, for `trainer evaluate` and `trainer predict` alike.
 
-    A path ending in .pt/.onnx/.tflite/.engine opens as a `trainer.runtime.Runner` (`size` sets a
-    checkpoint's input side); anything else is a teacher spec (`portraitseg.teachers`:
+    A path ending in .pt/.onnx/.tflite/.engine opens as a `trainer.runtime.Runner` (`size`, (height,
+    width), sets a checkpoint's input size); anything else is a teacher spec (`portraitseg.teachers`:
     `mediapipe-selfie`, `rembg`, an ensemble `A+B`) built with `threads` threads from `model_cache`.
     Errors are the builders' own: `RunnerError`, `TeacherError`, `ModelMissingError`.
     """

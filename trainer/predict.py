@@ -6,8 +6,8 @@ One path for every model and every source:
 
 1. The model is a `portraitseg.predictor.Predictor`: a checkpoint or an exported file
    (`trainer.model_spec.open_model` opens it, as `trainer evaluate` does) as a
-   `portraitseg.predictor.SquareInputPredictor`, which runs a batch of photos at once and fits each into the model's square
-   input: stretched, as the students are trained (`trainer.data`) and as MediaPipe runs, or with
+   `portraitseg.predictor.FixedInputPredictor`, which runs a batch of photos at once and fits each into the model's
+   input (square, or e.g. a landscape 144x256): stretched, as the students are trained (`trainer.data`) and as MediaPipe runs, or with
    its aspect ratio kept (`fit="letterbox"`, padded with the ImageNet mean, which the graph
    normalises to 0). On the 27 people-dev test photos the best student scores IoU 0.855 stretched
    and 0.814 letterboxed, so stretch is the default. A teacher does its own resizing. Either way
@@ -77,9 +77,10 @@ class PredictError(RuntimeError):
 
 
 def open_predictor(
-    model: str | Path, threads: int = 2, model_cache: Path | None = None, size: int | None = None, fit: str = "stretch"
-) -> Predictor:
-    """The Predictor of `--model`: a checkpoint or export (fitted, see portraitseg.predictor.SquareInputPredictor) or a teacher spec.
+    model: str | Path, threads: int = 2, model_cache: Path | None = None, size: tuple[int, int] | None = None,
+    fit: str = "stretch",
+) -> Predictor:  # fmt: skip
+    """The Predictor of `--model`: a checkpoint or export (fitted, see portraitseg.predictor.FixedInputPredictor) or a teacher spec.
 
     Raises the builders' errors (`RunnerError`, `TeacherError`, `ModelMissingError`); a size given
     for a teacher is a PredictError (a teacher has its own input size).
@@ -98,7 +99,9 @@ def open_predictor(
 # Probabilities: temporal smoothing and edges
 
 
-def refine_edges(probability: np.ndarray, photo: np.ndarray, input_size: int | None, max_side: int | None = None) -> np.ndarray:
+def refine_edges(
+    probability: np.ndarray, photo: np.ndarray, input_size: tuple[int, int] | None, max_side: int | None = None
+) -> np.ndarray:
     """The full-size probability (H, W) filtered by a guided filter with the photo as guide (He et al., 2013).
 
     The radius is `GUIDED_RADIUS` model-input pixels at the photo's scale (a bilinear upsampling
@@ -114,7 +117,8 @@ def refine_edges(probability: np.ndarray, photo: np.ndarray, input_size: int | N
         work_height, work_width = max(1, round(height * scale)), max(1, round(width * scale))
         photo = cv2.resize(photo, (work_width, work_height), interpolation=cv2.INTER_AREA)
         probability = cv2.resize(probability, (work_width, work_height), interpolation=cv2.INTER_AREA)
-    radius = max(2, round(GUIDED_RADIUS * max(work_height, work_width) / (input_size or 320)))
+    model_side = max(input_size) if input_size else 320  # the model's pixels along the photo's long side, about
+    radius = max(2, round(GUIDED_RADIUS * max(work_height, work_width) / model_side))
     # A uint8 guide takes eps in 0..255 units: the same filter as a [0, 1] guide with GUIDED_EPS, without the copy.
     refined = cv2.ximgproc.guidedFilter(photo, probability.astype(np.float32), radius, GUIDED_EPS * 255**2)
     return resize_probability(refined, height, width)  # clipped to [0, 1]

@@ -46,8 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from portraitseg.progress import progress
+from portraitseg.resize import format_input_size
 
-MEDIAPIPE_SELFIE = "mediapipe-selfie"  # the teacher file named on the command line instead of a path
+MEDIAPIPE_MODELS = ("mediapipe-selfie", "mediapipe-selfie-landscape")  # teacher files named instead of a path
 PROFILED_SUFFIXES = (".pt", ".onnx", ".tflite")
 WARMUP_RUNS = 5  # first runs allocate arenas, pack weights and spin up thread pools
 SEED = 0  # of the random inputs
@@ -89,7 +90,7 @@ class Profile:
     artefact: str
     backend: str
     precision: str
-    input_size: int
+    input_size: tuple[int, int]  # (height, width)
     threads: int
     runs: int
     measured: str  # what the per-operator figures are, in words; printed as the header
@@ -105,11 +106,13 @@ class Profile:
         return sum(op.ms for op in self.op_types)
 
 
-def profile_artefact(artefact: str | Path, *, threads: int = 2, runs: int = 30, size: int | None = None) -> Profile:
-    """Profile a checkpoint, an .onnx or .tflite file, or `mediapipe-selfie` on the CPU.
+def profile_artefact(
+    artefact: str | Path, *, threads: int = 2, runs: int = 30, size: "tuple[int, int] | int | None" = None
+) -> Profile:
+    """Profile a checkpoint, an .onnx or .tflite file, or `mediapipe-selfie[-landscape]` on the CPU.
 
-    `size` sets a checkpoint's input side (default: its training size); exported files have
-    their own. Raises `ProfileError` for a missing, unknown or unreadable artefact.
+    `size` (S or (height, width)) sets a checkpoint's input size (default: its training size);
+    exported files have their own. Raises `ProfileError` for a missing, unknown or unreadable artefact.
     """
     from trainer.runtime import RunnerError, open_runner
 
@@ -123,19 +126,19 @@ def profile_artefact(artefact: str | Path, *, threads: int = 2, runs: int = 30, 
 
 
 def resolve_artefact(artefact: str | Path) -> Path:
-    """The file to profile: `mediapipe-selfie` is the cached teacher file, anything else a path."""
-    if str(artefact) == MEDIAPIPE_SELFIE:
+    """The file to profile: `mediapipe-selfie[-landscape]` is the cached teacher file, anything else a path."""
+    if str(artefact) in MEDIAPIPE_MODELS:
         from portraitseg.teacher_files import ModelMissingError, model_path
 
         try:
-            return model_path(MEDIAPIPE_SELFIE)
+            return model_path(str(artefact))
         except ModelMissingError as error:
             raise ProfileError(str(error)) from error
     path = Path(artefact)
     if path.suffix not in PROFILED_SUFFIXES:
         raise ProfileError(
             f"{path}: cannot profile {path.suffix or 'a file without suffix'!r}; pass a checkpoint (.pt), "
-            f"an .onnx or .tflite file, or `{MEDIAPIPE_SELFIE}` (a TensorRT engine: profile its .onnx)"
+            f"an .onnx or .tflite file, or one of {', '.join(MEDIAPIPE_MODELS)} (a TensorRT engine: profile its .onnx)"
         )
     if not path.is_file():
         raise ProfileError(f"no artefact at {path}; train it (`trainer train`) or export it (`trainer export`) first")
@@ -293,7 +296,7 @@ def profile_pytorch(runner, threads: int, runs: int) -> Profile:
     from torch.profiler import ProfilerActivity, profile
 
     graph = runner.graph
-    batch = torch.from_numpy(random_tensor((1, runner.input_size, runner.input_size, runner.in_channels), np.float32, np.random.default_rng(SEED)))
+    batch = torch.from_numpy(random_tensor((1, *runner.input_size, runner.in_channels), np.float32, np.random.default_rng(SEED)))
     with torch.inference_mode():
         latency = whole_model_ms(lambda: graph(batch), runs)
         with LayerRanges(graph) as ranges:
@@ -561,7 +564,7 @@ def format_profile(profile: Profile, top: int = 10) -> str:
     lines = [
         f"## Profile of {profile.artefact}",
         "",
-        f"{profile.backend}, {profile.precision}, {profile.input_size}x{profile.input_size} input, "
+        f"{profile.backend}, {profile.precision}, {format_input_size(profile.input_size)} input, "
         f"{profile.threads} thread{'s' * (profile.threads != 1)}, {profile.runs} runs.",
         "",
         f"- Whole model: median {profile.latency_ms:.3f} ms per run (wall clock, no profiler).",

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from portraitseg.resize import as_input_size, format_input_size
 from trainer.checkpoint import METRICS_FILE
 
 COLUMNS = (
@@ -21,7 +22,7 @@ COLUMNS = (
     ("Boundary F", "val_boundary_f", "{:.4f}"),
     ("Params (M)", "params", "{:.3f}"),
     ("Size (MB, fp32)", "size_mb", "{:.2f}"),
-    ("Input", "input_size", "{0}x{0}"),
+    ("Input", "input_size", "{}"),
     ("Best epoch", "best_epoch", "{}"),
     ("Epochs", "epochs", "{}"),
 )
@@ -62,6 +63,8 @@ def render_runs(results: list[dict[str, Any]]) -> str:
             value = result.get(key)
             if key == "params" and value is not None:
                 value = value / 1e6
+            elif key == "input_size" and value is not None:
+                value = format_input_size(as_input_size(value))  # train.size: S or [H, W]
             cells.append("n/a" if value is None else template.format(value))
         if result["folder"] != result.get("model"):
             cells[0] += f" (`{result['folder']}/`)"

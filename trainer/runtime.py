@@ -1,10 +1,10 @@
 """One interface to run any artefact: a checkpoint, an ONNX model, a TFLite model or a TensorRT engine.
 
     runner = open_runner(Path("models/blazeseg/export/tflite-int8.tflite"), threads=2)
-    probabilities = runner.predict(images)   # (N, S, S, C) RGB (+ prior) -> (N, S, S) float32 in [0, 1]
+    probabilities = runner.predict(images)   # (N, H, W, C) RGB (+ prior) -> (N, H, W) float32 in [0, 1]
 
 Every exported artefact holds `trainer.export.graph.InferenceGraph`: it takes the resized photo
-as (1, S, S, C) float32 0..255 (C = 3, or 4 for a student that also takes the previous frame's
+as (1, H, W, C) float32 0..255 ((H, W) = `runner.input_size`: S x S, or e.g. a landscape 144 x 256) (C = 3, or 4 for a student that also takes the previous frame's
 mask, given as 0..255 too; `in_channels`, read from the artefact's static input shape) and does the ImageNet normalisation, the layout change and the
 sigmoid itself, so a runner only casts to float and loops over the batch (artefacts have a
 static batch of 1, which is also what latency is measured at). A checkpoint is wrapped in the
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from portraitseg.litert import TfliteFileError, open_tflite
-from portraitseg.predictor import SquareInputPredictor
+from portraitseg.predictor import FixedInputPredictor
+from portraitseg.resize import InputSize, as_input_size, format_input_size
 from trainer.export import PRECISION_KEY
 
 BACKEND_BY_SUFFIX = {".pt": "pytorch", ".onnx": "onnxruntime", ".tflite": "litert", ".engine": "tensorrt"}
@@ -39,50 +40,50 @@ class Runner(ABC):
 
     backend: str = ""
 
-    def __init__(self, path: Path, precision: str, input_size: int, in_channels: int = 3):
+    def __init__(self, path: Path, precision: str, input_size: InputSize, in_channels: int = 3):
         self.path = Path(path)
         self.precision = precision
-        self.input_size = input_size
+        self.input_size = as_input_size(input_size)  # (height, width)
         self.in_channels = in_channels  # 4: RGB and the previous frame's mask (model_options.prior)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, C) RGB 0..255 (uint8, or float32 with a prior channel in 0..255), already resized to S
-        -> (N, S, S) float32 person probabilities."""
+        """(N, H, W, C) RGB 0..255 (uint8, or float32 with a prior channel in 0..255), already resized to
+        (H, W) = `input_size` -> (N, H, W) float32 person probabilities."""
         images = np.asarray(images)
-        size, channels = self.input_size, self.in_channels
+        (height, width), channels = self.input_size, self.in_channels
         if images.ndim == 3:
             images = images[None]
-        if images.ndim != 4 or images.shape[1:] != (size, size, channels):
+        if images.ndim != 4 or images.shape[1:] != (height, width, channels):
             what = "RGB images" if channels == 3 else "RGB images with the previous frame's mask as a 4th channel"
             raise RunnerError(
-                f"{self.path} takes (N, {size}, {size}, {channels}) {what}, got {images.shape}; "
-                f"resize to {size}x{size} first"
+                f"{self.path} takes (N, {height}, {width}, {channels}) {what}, got {images.shape}; "
+                f"resize to {width}x{height} (width x height) first"
             )
-        out = np.empty((len(images), size, size), np.float32)
+        out = np.empty((len(images), height, width), np.float32)
         for index, image in enumerate(images):
-            batch = np.ascontiguousarray(image[None], dtype=np.float32)  # (1, S, S, 3) 0..255
-            out[index] = np.asarray(self.predict_one(batch), np.float32).reshape(size, size)
+            batch = np.ascontiguousarray(image[None], dtype=np.float32)  # (1, H, W, C) 0..255
+            out[index] = np.asarray(self.predict_one(batch), np.float32).reshape(height, width)
         return np.clip(out, 0.0, 1.0)
 
-    def as_predictor(self, fit: str = "stretch", pad_rgb: tuple[int, int, int] = (0, 0, 0)) -> SquareInputPredictor:
+    def as_predictor(self, fit: str = "stretch", pad_rgb: tuple[int, int, int] = (0, 0, 0)) -> FixedInputPredictor:
         """This artefact as a `portraitseg.predictor.Predictor`: photos of any size in, probabilities at their size out
-        (`fit`, `pad_rgb`: see SquareInputPredictor). A 4-channel artefact's predictor `takes_prior`:
+        (`fit`, `pad_rgb`: see FixedInputPredictor). A 4-channel artefact's predictor `takes_prior`:
         `predict(photos, priors)`, an empty prior where none is given."""
-        return SquareInputPredictor(self.predict, self.input_size, fit, pad_rgb, takes_prior=self.in_channels == 4)
+        return FixedInputPredictor(self.predict, self.input_size, fit, pad_rgb, takes_prior=self.in_channels == 4)
 
     @abstractmethod
     def predict_one(self, batch: np.ndarray) -> np.ndarray:
-        """(1, S, S, C) float32 0..255 -> the artefact's (1, S, S) person probabilities."""
+        """(1, H, W, C) float32 0..255 -> the artefact's (1, H, W) person probabilities."""
 
     def __repr__(self) -> str:
         channels = " +prior" if self.in_channels == 4 else ""
-        return f"{type(self).__name__}({self.path}, {self.backend} {self.precision}, {self.input_size}px{channels})"
+        return f"{type(self).__name__}({self.path}, {self.backend} {self.precision}, {format_input_size(self.input_size)}{channels})"
 
 
 class PyTorchRunner(Runner):
     backend = "pytorch"
 
-    def __init__(self, path: Path, threads: int, size: int | None = None):
+    def __init__(self, path: Path, threads: int, size: InputSize | None = None):
         import torch
 
         from trainer.export.graph import build_inference_graph
@@ -92,8 +93,8 @@ class PyTorchRunner(Runner):
             model, state = load_model(path)
         except CheckpointError as error:
             raise RunnerError(str(error)) from error
-        # The students are fully convolutional: a checkpoint runs at any side, its training size by default.
-        super().__init__(path, "fp32", size or int(state["config"]["size"]), model.in_channels)
+        # The students are fully convolutional: a checkpoint runs at any size, its training size by default.
+        super().__init__(path, "fp32", size or as_input_size(state["config"]["size"]), model.in_channels)
         torch.set_num_threads(threads)
         self.graph = build_inference_graph(model)
         self.torch = torch
@@ -199,12 +200,13 @@ RUNNERS: dict[str, type[Runner]] = {
 }
 
 
-def open_runner(path: str | Path, threads: int = 2, size: int | None = None) -> Runner:
+def open_runner(path: str | Path, threads: int = 2, size: "InputSize | int | None" = None) -> Runner:
     """The runner for `path`, chosen by its suffix (.pt, .onnx, .tflite, .engine).
 
-    `size` sets a checkpoint's input side (default: its training size); exported files have
-    the static side they were built with.
+    `size` (S or (height, width)) sets a checkpoint's input size (default: its training size);
+    exported files have the static size they were built with.
     """
+    size = as_input_size(size) if size is not None else None
     path = Path(path)
     if path.suffix not in RUNNERS:
         raise RunnerError(f"{path}: unsupported artefact type {path.suffix!r}; expected one of {', '.join(RUNNERS)}")
@@ -214,20 +216,21 @@ def open_runner(path: str | Path, threads: int = 2, size: int | None = None) -> 
         return PyTorchRunner(path, threads, size)
     runner = RUNNERS[path.suffix](path, threads)
     if size is not None and size != runner.input_size:
-        raise RunnerError(f"{path} was built for {runner.input_size}x{runner.input_size} inputs, not {size}; export it again at {size}")
+        built, wanted = format_input_size(runner.input_size), format_input_size(size)
+        raise RunnerError(f"{path} was built for {built} inputs, not {wanted}; export it again at {wanted}")
     return runner
 
 
-def static_input(path: Path, shape) -> tuple[int, int]:
-    """(S, C) from a static (1, S, S, C) input shape, C = 3 or 4 (a prior channel); anything else is not one of our artefacts."""
+def static_input(path: Path, shape) -> tuple[InputSize, int]:
+    """((H, W), C) from a static (1, H, W, C) input shape, C = 3 or 4 (a prior channel); anything else is not one of our artefacts."""
     shape = tuple(shape)
-    square = len(shape) == 4 and shape[0] == 1 and shape[3] in (3, 4) and shape[1] == shape[2]
-    if not square or not isinstance(shape[1], int | np.integer):  # a str dimension is dynamic
+    ours = len(shape) == 4 and shape[0] == 1 and shape[3] in (3, 4)
+    if not ours or not all(isinstance(side, int | np.integer) for side in shape[1:3]):  # a str dimension is dynamic
         raise RunnerError(
-            f"{path} has input shape {shape}; expected (1, S, S, 3) or (1, S, S, 4) as `trainer export` writes "
+            f"{path} has input shape {shape}; expected (1, H, W, 3) or (1, H, W, 4) as `trainer export` writes "
             "(export it again)"
         )
-    return int(shape[1]), int(shape[3])
+    return (int(shape[1]), int(shape[2])), int(shape[3])
 
 
 def quantize(values: np.ndarray, detail: dict) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A spec is a teacher name with an optional argument after a colon, or several joined by `+`:
 
-    mediapipe-selfie                      the MediaPipe selfie segmenter (LiteRT)
+    mediapipe-selfie                      the MediaPipe selfie segmenter (LiteRT), general model (256x256)
+    mediapipe-selfie-landscape            ... its landscape model (144x256, height x width)
     rembg                                 U^2-Net-p through the rembg library
     deeplabv3[:VARIANT]                   torchvision DeepLabV3; resnet50 (default), resnet101, mobilenet_v3_large
     tflite:SPEC  /  onnx:SPEC             a model file described by a YAML spec: a path, or the

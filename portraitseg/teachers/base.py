@@ -47,8 +47,8 @@ class Teacher(ABC):
         return self.name
 
     @property
-    def input_size(self) -> int | None:
-        """Side of the square input the photo is resized to; None when the model takes other shapes."""
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) of the input the photo is resized to; None when the model takes any shape."""
         return None
 
     @abstractmethod

@@ -331,8 +331,8 @@ class FileTeacher(Teacher):
         return f"{self.name}:{self.spec.name}"
 
     @property
-    def input_size(self) -> int | None:
-        return self.spec.input_height if self.spec.input_height == self.spec.input_width else None
+    def input_size(self) -> tuple[int, int]:
+        return self.spec.input_height, self.spec.input_width
 
     @abstractmethod
     def load(self, device: str, threads: int | None) -> None:

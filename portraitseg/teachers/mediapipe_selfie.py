@@ -1,4 +1,7 @@
-"""MediaPipe selfie segmenter (general model, `selfie_segmentation.tflite`) run with LiteRT.
+"""MediaPipe selfie segmenter run with LiteRT: the general model (`selfie_segmentation.tflite`,
+256x256, teacher `mediapipe-selfie`) and the landscape one (`selfie_segmentation_landscape.tflite`,
+144x256 (height x width), teacher `mediapipe-selfie-landscape`), the same network at the input
+MediaPipe uses for video calls; MediaPipe's graph picks it with `model_selection: 1`.
 
 Pre- and post-processing follow MediaPipe's own graph for this model,
 mediapipe/modules/selfie_segmentation/selfie_segmentation_cpu.pbtxt (google-ai-edge/mediapipe):
@@ -10,7 +13,8 @@ mediapipe/modules/selfie_segmentation/selfie_segmentation_cpu.pbtxt (google-ai-e
   the output spans exactly [0, 1]. So the output is the person probability, used as is; the
   calculator then resizes it to the input size, as `resize_probability` does.
 The model file itself declares input `input_1` float32 [1, 256, 256, 3] (NHWC) and output
-float32 [1, 256, 256, 1]; both are checked when the teacher is built.
+float32 [1, 256, 256, 1] ([1, 144, 256, ...] for the landscape model); the input is checked when
+the teacher is built.
 """
 
 from pathlib import Path
@@ -22,13 +26,13 @@ from portraitseg.teachers.base import Teacher, TeacherError
 from portraitseg.litert import TfliteFileError, open_tflite
 from portraitseg.resize import resize_probability, stretch
 
-MODEL_NAME = "mediapipe-selfie"  # the portraitseg.teacher_files registry entry
-INPUT_SHAPE = (1, 256, 256, 3)
 
 
 @register
 class MediaPipeSelfieTeacher(Teacher):
     name = "mediapipe-selfie"
+    model_name = "mediapipe-selfie"  # its portraitseg.teacher_files registry entry
+    input_shape = (1, 256, 256, 3)
 
     def __init__(self, model_file: Path, threads: int | None = None):
         self.model_file = Path(model_file)
@@ -38,10 +42,11 @@ class MediaPipeSelfieTeacher(Teacher):
             raise TeacherError(str(error)) from error
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        if tuple(self.input["shape"]) != INPUT_SHAPE or self.input["dtype"] != np.float32:
+        shape = tuple(int(side) for side in self.input["shape"])
+        if shape != self.input_shape or self.input["dtype"] != np.float32:
             raise TeacherError(
-                f"{self.model_file} is not the MediaPipe selfie model: input {tuple(self.input['shape'])} "
-                f"{np.dtype(self.input['dtype']).name}, expected {INPUT_SHAPE} float32"
+                f"{self.model_file} is not the {self.name} model: input {shape} "
+                f"{np.dtype(self.input['dtype']).name}, expected {self.input_shape} float32"
             )
 
     @classmethod
@@ -50,20 +55,29 @@ class MediaPipeSelfieTeacher(Teacher):
             raise TeacherError(f"{cls.name} takes no argument (got {cls.name}:{argument})")
         from portraitseg.teacher_files import model_path
 
-        return cls(model_path(MODEL_NAME, options.models_dir), options.threads)
+        return cls(model_path(cls.model_name, options.models_dir), options.threads)
 
     @property
-    def input_size(self) -> int:
-        return INPUT_SHAPE[1]
+    def input_size(self) -> tuple[int, int]:
+        return self.input_shape[1], self.input_shape[2]
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return [self.predict_one(image) for image in images]
 
     def predict_one(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        resized, _ = stretch(image, INPUT_SHAPE[2], INPUT_SHAPE[1])
-        tensor = resized[np.newaxis].astype(np.float32) / 255.0  # (1, 256, 256, 3) in [0, 1]
+        resized, _ = stretch(image, self.input_shape[2], self.input_shape[1])
+        tensor = resized[np.newaxis].astype(np.float32) / 255.0  # (1, H, W, 3) in [0, 1]
         self.interpreter.set_tensor(self.input["index"], tensor)
         self.interpreter.invoke()
-        probability = self.interpreter.get_tensor(self.output["index"])[0, :, :, 0]  # (256, 256)
+        probability = self.interpreter.get_tensor(self.output["index"])[0, :, :, 0]  # (H, W)
         return resize_probability(probability, height, width)
+
+
+@register
+class MediaPipeSelfieLandscapeTeacher(MediaPipeSelfieTeacher):
+    """The landscape model: 144x256 (height x width) input, for 16:9 camera frames."""
+
+    name = "mediapipe-selfie-landscape"
+    model_name = "mediapipe-selfie-landscape"
+    input_shape = (1, 144, 256, 3)

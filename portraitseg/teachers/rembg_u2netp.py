@@ -66,8 +66,8 @@ class RembgTeacher(Teacher):
         return "rembg:u2netp"
 
     @property
-    def input_size(self) -> int:
-        return INPUT_SIZE
+    def input_size(self) -> tuple[int, int]:
+        return INPUT_SIZE, INPUT_SIZE
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return [self.predict_one(image) for image in images]

@@ -167,7 +167,7 @@ def test_missing_model_names_the_fetch_command(registry, tmp_path, monkeypatch):
 
 
 def test_unknown_model_lists_the_valid_names():
-    with pytest.raises(KeyError, match="mediapipe-selfie, rembg-u2netp"):
+    with pytest.raises(KeyError, match="mediapipe-selfie, mediapipe-selfie-landscape, rembg-u2netp"):
         model_path("mediapipe")
 
 
@@ -183,7 +183,7 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 
 
 def test_pinned_entries():
-    assert set(MODELS) == {"mediapipe-selfie", "rembg-u2netp"}
+    assert set(MODELS) == {"mediapipe-selfie", "mediapipe-selfie-landscape", "rembg-u2netp"}
     for name, model in MODELS.items():
         assert model.name == name
         assert re.fullmatch(r"[0-9a-f]{64}", model.sha256), name

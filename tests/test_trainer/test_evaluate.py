@@ -184,15 +184,15 @@ def test_macs_are_counted_per_layer():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten(),
                           nn.Linear(8 * 16 * 16, 10))  # fmt: skip
     expected = 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 9 + 8 * 16 * 16 * 10
-    assert count_macs(model, 16) == expected
+    assert count_macs(model, (16, 16)) == expected
     assert count_parameters(model) == (8 * 27 + 8) + (8 * 9 + 8) + (2048 * 10 + 10)
     transposed = nn.ConvTranspose2d(4, 2, 2, stride=2)
-    assert count_macs(nn.Sequential(nn.Conv2d(3, 4, 1), transposed), 8) == 8 * 8 * 4 * 3 + 8 * 8 * 4 * 2 * 4
+    assert count_macs(nn.Sequential(nn.Conv2d(3, 4, 1), transposed), (8, 8)) == 8 * 8 * 4 * 3 + 8 * 8 * 4 * 2 * 4
 
 
 def test_latency_median_and_p90():
     class Recorder:
-        input_size = 8
+        input_size = (8, 8)
 
         def __init__(self):
             self.shapes = []
@@ -256,8 +256,8 @@ def test_evaluate_command_writes_every_report(tmp_path, split_dir, models_dir):
     metrics = json.loads((output / "metrics.json").read_text())
     pytorch, onnx = metrics["tiny"]["pytorch-fp32"], metrics["tiny"]["onnxruntime-fp32"]
     assert pytorch["iou"] > 0.3 and abs(pytorch["iou"] - onnx["iou"]) < 1e-3
-    assert pytorch["input_size"] == 32 and pytorch["params"] == onnx["params"] > 0
-    assert pytorch["macs"] == count_macs(load_model(models_dir / "tiny" / "best.pt")[0], 32)
+    assert (pytorch["input_height"], pytorch["input_width"]) == (32, 32) and pytorch["params"] == onnx["params"] > 0
+    assert pytorch["macs"] == count_macs(load_model(models_dir / "tiny" / "best.pt")[0], (32, 32))
     assert set(pytorch) >= {"miou", "boundary_f", "pixel_accuracy", "alpha_mae", "latency_ms", "latency_p90_ms", "file_mb"}
     points = json.loads((output / "plots" / "latency_vs_iou.json").read_text())
     assert {point["artefact"] for point in points} == {"tiny/pytorch-fp32", "tiny/onnxruntime-fp32"}
@@ -281,7 +281,7 @@ def test_mediapipe_reference_is_evaluated_beside_the_students(tmp_path, split_di
     reference = next(row for row in result.rows if row["reference"])
     teacher = next(row for row in result.rows if row["teacher"] and not row["reference"])
     assert teacher["model"] == "mediapipe-selfie+mediapipe-selfie" and teacher["iou"] == pytest.approx(reference["iou"])
-    assert (reference["model"], reference["backend"], reference["input_size"]) == ("mediapipe-selfie", "litert-fp32", 256)
+    assert (reference["model"], reference["backend"], reference["input_size"]) == ("mediapipe-selfie", "litert-fp32", [256, 256])
     assert 0.0 <= reference["iou"] <= 1.0 and reference["latency_ms"] > 0 and reference["latency_ratio"] == 1.0
     assert result.speed["student"] == "tiny/pytorch-fp32"
     assert result.speed["latency_ratio"] == pytest.approx(result.rows[0 if not result.rows[0]["reference"] else 1]["latency_ratio"])

@@ -146,10 +146,10 @@ def test_export_at_another_size_matches_the_checkpoint_run_at_that_size(tiny, tm
                     "--params", tmp_path / "none.yaml")  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "onnx-fp32.json").read_text())
-    assert report["input_size"] == side and report["max_abs_diff"] <= 1e-4
+    assert report["input_size"] == [side, side] and report["max_abs_diff"] <= 1e-4
     onnx_runner = open_runner(tmp_path / "onnx-fp32.onnx")
-    assert onnx_runner.input_size == side and open_runner(checkpoint, size=side).input_size == side
-    with pytest.raises(RunnerError, match=f"built for {side}x{side} inputs, not {SIZE}"):
+    assert onnx_runner.input_size == (side, side) and open_runner(checkpoint, size=side).input_size == (side, side)
+    with pytest.raises(RunnerError, match=f"built for {side}x{side} inputs, not {SIZE}x{SIZE}"):
         open_runner(tmp_path / "onnx-fp32.onnx", size=SIZE)
 
 

@@ -20,7 +20,7 @@ from portraitseg.scoring import iou
 from trainer.cli import main
 from trainer.harness import as_batch
 from trainer.metrics import boundary_f_scores
-from portraitseg.predictor import SquareInputPredictor, smooth_temporal
+from portraitseg.predictor import FixedInputPredictor, smooth_temporal
 from trainer.predict import (
     IMAGENET_MEAN_RGB,
     OUTPUT_KINDS,
@@ -74,7 +74,7 @@ def test_guided_edges_follow_the_photo_better_than_bilinear():
     photo = np.clip(photo + rng.normal(0, 6, photo.shape), 0, 255).astype(np.uint8)
     coarse = resize_image(truth, 18, 24).astype(np.float32) / 255  # what a 24 px model could say at best
     bilinear = resize_probability(coarse, 480, 360)
-    guided = refine_edges(bilinear, photo, 24)
+    guided = refine_edges(bilinear, photo, (24, 18))
     assert guided.shape == truth.shape and guided.dtype == np.float32
 
     def boundary_f(probability):
@@ -82,7 +82,7 @@ def test_guided_edges_follow_the_photo_better_than_bilinear():
 
     assert boundary_f(guided) > boundary_f(bilinear) + 0.05  # 1.0 vs 0.93 here
     assert iou(guided, truth) > iou(bilinear, truth)
-    half = refine_edges(bilinear, photo, 24, max_side=240)  # the video path: filtered at half size
+    half = refine_edges(bilinear, photo, (24, 18), max_side=240)  # the video path: filtered at half size
     assert half.shape == truth.shape and boundary_f(half) > boundary_f(bilinear) + 0.03
 
 
@@ -95,7 +95,7 @@ def test_letterbox_keeps_the_aspect_and_puts_the_mask_back_in_place():
 
     photo = np.full((60, 240, 3), 40, np.uint8)
     photo[:, 200:, 0] = 255  # the right sixth is "person"
-    predictor = SquareInputPredictor(red_rule, 48, "letterbox", IMAGENET_MEAN_RGB)
+    predictor = FixedInputPredictor(red_rule, 48, "letterbox", IMAGENET_MEAN_RGB)
     probability = predictor.predict([photo, photo[:, ::-1]])
     assert [p.shape for p in probability] == [(60, 240), (60, 240)]
     assert seen[0].shape == (2, 48, 48, 3)  # one batch for both photos

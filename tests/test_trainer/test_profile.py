@@ -84,7 +84,7 @@ def check_consistent(profile: Profile) -> None:
 def test_onnx_profile_lists_the_nodes_ort_runs(artefacts):
     profile = profile_artefact(artefacts["onnx"], threads=1, runs=RUNS)
     check_consistent(profile)
-    assert (profile.backend, profile.precision, profile.input_size) == ("onnxruntime", "fp32", SIZE)
+    assert (profile.backend, profile.precision, profile.input_size) == ("onnxruntime", "fp32", (SIZE, SIZE))
     types = {op.op_type: op.count for op in profile.op_types}
     # ORT may fuse the ReLU into its convolution (FusedConv): two convolutions either way.
     assert sum(count for op_type, count in types.items() if "Conv" in op_type) == 2
@@ -97,7 +97,7 @@ def test_onnx_profile_lists_the_nodes_ort_runs(artefacts):
 def test_pytorch_profile_has_aten_operators_and_leaf_modules(artefacts):
     profile = profile_artefact(artefacts["pt"], threads=1, runs=RUNS, size=SIZE)
     check_consistent(profile)
-    assert (profile.backend, profile.input_size) == ("pytorch", SIZE)
+    assert (profile.backend, profile.input_size) == ("pytorch", (SIZE, SIZE))
     types = {op.op_type: op.count for op in profile.op_types}
     assert types["aten::conv2d"] == 3 and types["aten::sigmoid"] == 1
     layers = {layer.name: layer for layer in profile.layers}
@@ -109,7 +109,7 @@ def test_pytorch_profile_has_aten_operators_and_leaf_modules(artefacts):
 def test_litert_profile_times_each_operator_with_what_xnnpack_fuses_into_it(artefacts):
     profile = profile_artefact(artefacts["tflite"], threads=1, runs=RUNS)
     check_consistent(profile)
-    assert (profile.backend, profile.precision, profile.input_size) == ("litert", "fp32", SIZE)
+    assert (profile.backend, profile.precision, profile.input_size) == ("litert", "fp32", (SIZE, SIZE))
     types = {op.op_type: op.count for op in profile.op_types}
     # The stride-2 convolution's explicit PAD is timed with it; the ReLU is fused in the file already.
     assert types["PAD+CONV_2D"] == 1 and types["CONV_2D"] == 1 and "PAD" not in types
@@ -123,7 +123,7 @@ def test_litert_profile_times_each_operator_with_what_xnnpack_fuses_into_it(arte
 def test_mediapipe_model_is_profiled_from_the_model_cache():
     cached_model("mediapipe-selfie")  # skips with the fetch command when the file is not cached
     profile = profile_artefact("mediapipe-selfie", threads=1, runs=2)
-    assert (profile.backend, profile.input_size) == ("litert", 256)
+    assert (profile.backend, profile.input_size) == ("litert", (256, 256))
     types = {op.op_type for op in profile.op_types}
     assert {"Convolution2DTransposeBias", "CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH"} <= types
     assert "CONV_2D+RELU" in types and "RELU" not in types  # every RELU follows a convolution
@@ -162,7 +162,7 @@ def test_layer_names_and_tables():
     layers = [LayerTime("a", "CONV_2D", (1, 4), 3.0), LayerTime("b", "ADD", None, 1.0), LayerTime("c", "CONV_2D", None, 1.0)]
     op_types = sum_by_op_type(layers)
     assert op_types == [OpTypeTime("CONV_2D", 2, 4.0), OpTypeTime("ADD", 1, 1.0)]
-    profile = Profile("m.tflite", "litert", "fp32", 8, 2, 3, "what was measured", 4.0, op_types, layers)
+    profile = Profile("m.tflite", "litert", "fp32", (8, 8), 2, 3, "what was measured", 4.0, op_types, layers)
     text = format_profile(profile, top=2)
     assert "| CONV_2D | 2 | 4.000 | 80.0% |" in text and "| ADD | 1 | 1.000 | 20.0% |" in text
     assert "| a | CONV_2D | 1x4 | 3.000 | 60.0% |" in text and "| c |" not in text

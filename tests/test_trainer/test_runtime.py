@@ -29,8 +29,8 @@ def images(count: int) -> np.ndarray:
 def test_checkpoint_and_onnx_runners_agree(artefacts):
     checkpoint, onnx_file = artefacts
     torch_runner, onnx_runner = open_runner(checkpoint), open_runner(onnx_file, threads=1)
-    assert (torch_runner.backend, torch_runner.precision, torch_runner.input_size) == ("pytorch", "fp32", SIZE)
-    assert (onnx_runner.backend, onnx_runner.precision, onnx_runner.input_size) == ("onnxruntime", "fp32", SIZE)
+    assert (torch_runner.backend, torch_runner.precision, torch_runner.input_size) == ("pytorch", "fp32", (SIZE, SIZE))
+    assert (onnx_runner.backend, onnx_runner.precision, onnx_runner.input_size) == ("onnxruntime", "fp32", (SIZE, SIZE))
     batch = images(3)
     expected = torch_runner.predict(batch)
     assert expected.shape == (3, SIZE, SIZE) and expected.dtype == np.float32
@@ -53,7 +53,7 @@ def test_the_colour_rule_model_segments_the_person(artefacts):
 def test_a_runner_as_predictor_takes_photos_of_any_size(artefacts):
     runner = open_runner(artefacts[1], threads=1)
     predictor = runner.as_predictor()
-    assert isinstance(predictor, Predictor) and predictor.input_size == SIZE
+    assert isinstance(predictor, Predictor) and predictor.input_size == (SIZE, SIZE)
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 48, 3), (SIZE, SIZE, 3), (20, 70, 3))]
     maps = predictor.predict(photos)

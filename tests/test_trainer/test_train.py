@@ -312,6 +312,18 @@ def test_train_and_runs_commands(tmp_path, split_dir, tiny_model):
     assert f"| tiny_test_segmenter (`tiny/`) | {iou:.4f} |" in table
 
 
+def test_a_landscape_run_trains_at_height_by_width(tmp_path, split_dir, tiny_model):
+    params = write_params(tmp_path)
+    models_dir = tmp_path / "models"
+    train = ["train", "--params", str(params), "--split-dir", str(split_dir), "--output", str(models_dir / "wide")]
+    result = CliRunner().invoke(main, [*train, "epochs=1", "size=[24, 40]", "augment=true", "copy_paste=0.5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((models_dir / "wide" / "metrics.json").read_text())["input_size"] == [24, 40]
+    assert load_checkpoint(models_dir / "wide" / "best.pt")["config"]["size"] == [24, 40]
+    result = CliRunner().invoke(main, ["runs", str(models_dir)])
+    assert result.exit_code == 0 and "| 24x40 |" in (models_dir / "runs.md").read_text()
+
+
 def test_train_command_errors(tmp_path, split_dir, tiny_model):
     params = write_params(tmp_path)
     runner = CliRunner()

@@ -106,7 +106,7 @@ def differs_off_the_outline(hard: np.ndarray, soft: np.ndarray) -> bool:
 
 
 def test_hard_and_soft_targets_share_one_geometric_draw():
-    transforms = build_transforms(48, augment=True)
+    transforms = build_transforms((48, 48), augment=True)
     photo = make_photo(64, 64, seed=4)
     person = (make_person_mask(64, 64, seed=4) >= 128).astype(np.float32)
     other_draw = False

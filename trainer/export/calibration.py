@@ -2,8 +2,8 @@
 
 A pipeline artefact (stage `quantize`), written by `trainer calibration-set`:
 
-    <output>/samples.npy       (N, S, S, 3) uint8 RGB, resized as training resizes (plain resize)
-    <output>/calibration.json  split_dir, size, seed, count and the sample ids, in order
+    <output>/samples.npy       (N, H, W, 3) uint8 RGB at the model input (H, W), resized as training resizes (plain resize)
+    <output>/calibration.json  split_dir, size ([H, W]), seed, count and the sample ids, in order
 
 The samples are drawn from the *train* split only (calibrating on validation images would let
 the parity check grade the quantizer on its own calibration data), without replacement, in an
@@ -26,6 +26,7 @@ from torch import nn
 from portraitseg.imagefiles import IMAGE_SUFFIXES, read_rgb
 from portraitseg.progress import progress
 from portraitseg.records import read_split, resolve
+from portraitseg.resize import InputSize, as_input_size
 
 SAMPLES_FILE = "samples.npy"
 INFO_FILE = "calibration.json"
@@ -38,20 +39,21 @@ class CalibrationError(ValueError):
 @dataclass(frozen=True)
 class CalibrationInfo:
     split_dir: str
-    size: int
+    size: list[int]  # [height, width]
     seed: int
     count: int
     ids: list[str]
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) -> (S, S, 3) as `trainer.data` resizes: area when shrinking, bilinear when enlarging."""
-    shrinking = image.shape[0] * image.shape[1] > size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+def resize_image(image: np.ndarray, size: InputSize) -> np.ndarray:
+    """A photo -> the (height, width) `size` as `trainer.data` resizes: area when shrinking, bilinear when enlarging."""
+    height, width = size
+    shrinking = image.shape[0] * image.shape[1] > height * width
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def draw_train_samples(split_dir: Path, count: int, size: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """`count` seeded train images of `split_dir` at `size` x `size`: ((N, S, S, 3) uint8, ids)."""
+def draw_train_samples(split_dir: Path, count: int, size: InputSize, seed: int) -> tuple[np.ndarray, list[str]]:
+    """`count` seeded train images of `split_dir` at (height, width) `size`: ((N, H, W, 3) uint8, ids)."""
     try:
         rows = read_split(split_dir, "train")
     except (FileNotFoundError, ValueError) as error:
@@ -64,23 +66,24 @@ def draw_train_samples(split_dir: Path, count: int, size: int, seed: int) -> tup
     return np.stack(images), [str(row.get("id", index)) for index, row in enumerate(chosen)]
 
 
-def write_calibration_set(split_dir: Path, output: Path, count: int, size: int, seed: int = 0) -> CalibrationInfo:
+def write_calibration_set(split_dir: Path, output: Path, count: int, size: "InputSize | int", seed: int = 0) -> CalibrationInfo:
     """Write `count` seeded train images of `split_dir` to `output` (see the module doc)."""
+    size = as_input_size(size)
     samples, ids = draw_train_samples(Path(split_dir), count, size, seed)
     output.mkdir(parents=True, exist_ok=True)
     np.save(output / SAMPLES_FILE, samples)
-    info = CalibrationInfo(split_dir=str(split_dir), size=size, seed=seed, count=len(ids), ids=ids)
+    info = CalibrationInfo(split_dir=str(split_dir), size=list(size), seed=seed, count=len(ids), ids=ids)
     (output / INFO_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
 
 
-def load_calibration(source: Path, size: int, count: int = 64, seed: int = 0) -> np.ndarray:
-    """(N, S, S, 3) uint8 calibration samples from `source`, resized to `size` where needed.
+def load_calibration(source: Path, size: "InputSize | int", count: int = 64, seed: int = 0) -> np.ndarray:
+    """(N, H, W, 3) uint8 calibration samples from `source`, resized to (height, width) `size` where needed.
 
     `source` is a folder written by `write_calibration_set` (samples.npy), a split folder
     (train.jsonl: `count` images are drawn with `seed`) or a plain folder of images.
     """
-    source = Path(source)
+    source, size = Path(source), as_input_size(size)
     if not source.is_dir():
         raise CalibrationError(
             f"calibration set {source} is not a folder; give a split folder or `trainer calibration-set` output"
@@ -94,7 +97,7 @@ def load_calibration(source: Path, size: int, count: int = 64, seed: int = 0) ->
             ) from error
         if samples.ndim != 4 or samples.shape[-1] != 3 or samples.dtype != np.uint8:
             raise CalibrationError(
-                f"{source / SAMPLES_FILE} holds {samples.dtype} {samples.shape}, not (N, S, S, 3) uint8 images"
+                f"{source / SAMPLES_FILE} holds {samples.dtype} {samples.shape}, not (N, H, W, 3) uint8 images"
             )
         images = list(samples)
     elif (source / "train.jsonl").is_file():
@@ -107,11 +110,11 @@ def load_calibration(source: Path, size: int, count: int = 64, seed: int = 0) ->
             f"calibration set {source} is empty: no samples.npy, train.jsonl or images; "
             "write one with `trainer calibration-set --split-dir SPLIT --output DIR`"
         )
-    return np.stack([image if image.shape[:2] == (size, size) else resize_image(image, size) for image in images])
+    return np.stack([image if image.shape[:2] == size else resize_image(image, size) for image in images])
 
 
 def with_second_frame_priors(model: nn.Module, samples: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 samples -> (N, S, S, 4) float32 0..255 for a prior student's calibration.
+    """(N, H, W, 3) uint8 samples -> (N, H, W, 4) float32 0..255 for a prior student's calibration.
 
     The fourth channel is the fp32 model's own output on the sample with an empty prior, x 255:
     what the runtime feeds it on the second frame of a still scene, so the quantizer sees priors
@@ -124,6 +127,6 @@ def with_second_frame_priors(model: nn.Module, samples: np.ndarray) -> np.ndarra
     graph = build_inference_graph(model)
     first_frames = np.concatenate([samples, np.zeros((*samples.shape[:3], 1), np.uint8)], axis=-1).astype(np.float32)
     with torch.no_grad():
-        outputs = np.concatenate([graph(torch.from_numpy(sample[None])).numpy() for sample in first_frames])  # (N, S, S)
+        outputs = np.concatenate([graph(torch.from_numpy(sample[None])).numpy() for sample in first_frames])  # (N, H, W)
     first_frames[..., 3] = outputs * 255.0
     return first_frames

@@ -1,8 +1,10 @@
 """The inference graph every artefact holds: preprocessing and the sigmoid live inside it.
 
-    (1, S, S, C) float32 RGB, 0..255  ->  ImageNet normalisation, NHWC -> NCHW
+    (1, H, W, C) float32 RGB, 0..255  ->  ImageNet normalisation, NHWC -> NCHW
                                        ->  student (batch norm folded)  ->  sigmoid
-                                       ->  (1, S, S) float32 person probability
+                                       ->  (1, H, W) float32 person probability
+
+(H, W) is the artefact's input size: S x S, or e.g. a landscape 144 x 256.
 
 C is the student's `in_channels`: 3, or 4 for a student that also takes the previous frame's
 mask (`model_options.prior`). That fourth channel is a probability given as 0..255 like the
@@ -21,6 +23,7 @@ import copy
 import torch
 from torch import nn
 
+from portraitseg.resize import InputSize, as_input_size
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD
 from trainer.models.base import fuse_conv_batch_norm
 
@@ -39,9 +42,9 @@ class InferenceGraph(nn.Module):
         self.register_buffer("shift", -mean / std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2) * self.scale + self.shift  # (N, C, S, S) normalised
-        logits = self.model(x)  # (N, 1, S, S)
-        return torch.sigmoid(logits)[:, 0]  # (N, S, S)
+        x = images.permute(0, 3, 1, 2) * self.scale + self.shift  # (N, C, H, W) normalised
+        logits = self.model(x)  # (N, 1, H, W)
+        return torch.sigmoid(logits)[:, 0]  # (N, H, W)
 
 
 def build_inference_graph(model: nn.Module) -> InferenceGraph:
@@ -50,7 +53,7 @@ def build_inference_graph(model: nn.Module) -> InferenceGraph:
     return InferenceGraph(folded).eval()
 
 
-def example_input(size: int, channels: int = 3) -> torch.Tensor:
-    """A (1, S, S, channels) float32 sample in the graph's input range, for tracing."""
+def example_input(size: "InputSize | int", channels: int = 3) -> torch.Tensor:
+    """A (1, H, W, channels) float32 sample in the graph's input range, for tracing; `size` is S or (H, W)."""
     generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (1, size, size, channels), generator=generator).float()
+    return torch.randint(0, 256, (1, *as_input_size(size), channels), generator=generator).float()

@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from portraitseg.resize import InputSize
 from trainer.export import PRECISION_KEY
 from trainer.export.graph import build_inference_graph, example_input
 
@@ -26,8 +27,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 
 
-def export_onnx(model: nn.Module, size: int, output: Path) -> Path:
-    """Write the fp32 inference graph of `model` at `size` x `size` to `output`."""
+def export_onnx(model: nn.Module, size: "InputSize | int", output: Path) -> Path:
+    """Write the fp32 inference graph of `model` at (height, width) `size` to `output`."""
     graph = build_inference_graph(model)
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from portraitseg.resize import InputSize, as_input_size
 from trainer.export import tensorrt
 from trainer.data import PriorSimulation
 from trainer.export.calibration import load_calibration, with_second_frame_priors
@@ -94,18 +95,19 @@ def export_checkpoint(
     split_dir: Path,
     config: ExportConfig | None = None,
     calibration: Path | None = None,
-    size: int | None = None,
+    size: "InputSize | int | None" = None,
 ) -> ExportResult:
     """Build `fmt`/`precision` from `checkpoint` into `output_dir` and check it on the validation
     photos of `split_dir` (see the module doc); int8 calibrates on `calibration`, else on its train set.
 
-    `size` is the artefact's input side (default: the training size; the students are fully
-    convolutional, so e.g. a 160 px student exports at 256 to run where a 256 px model does).
+    `size` is the artefact's input size, S or (height, width) (default: the training size; the
+    students are fully convolutional, so e.g. a 160 px student exports at 256 to run where a 256 px
+    model does, or at 144 x 256 to take landscape frames).
     """
     check_supported(fmt, precision)
     config = config or ExportConfig()
     model, state = load_model(checkpoint)
-    size = size or int(state["config"]["size"])
+    size = as_input_size(size or state["config"]["size"])
     name = f"{fmt}-{precision}"
     output_dir.mkdir(parents=True, exist_ok=True)
     artefact = output_dir / f"{name}{SUFFIX[fmt]}"
@@ -115,7 +117,7 @@ def export_checkpoint(
         "precision": precision,
         "checkpoint": str(checkpoint),
         "model": state["model_name"],
-        "input_size": size,
+        "input_size": list(size),  # [height, width]
     }
     report_path = output_dir / f"{name}.json"
 
@@ -173,7 +175,7 @@ def export_checkpoint(
     return ExportResult(name, artefact, report, report_path)
 
 
-def build_artefact(model, size: int, fmt: str, precision: str, artefact: Path, samples) -> None:
+def build_artefact(model, size: InputSize, fmt: str, precision: str, artefact: Path, samples) -> None:
     from trainer.export import onnx as onnx_export
     from trainer.export import tflite
 
@@ -189,7 +191,7 @@ def build_artefact(model, size: int, fmt: str, precision: str, artefact: Path, s
         tflite.export_tflite_int8(model, size, samples, artefact)
 
 
-def write_onnx_int8(model, size: int, samples, target: Path) -> None:
+def write_onnx_int8(model, size: InputSize, samples, target: Path) -> None:
     """The QDQ int8 ONNX graph at `target`, quantized from a temporary fp32 export beside it."""
     from trainer.export import onnx as onnx_export
 
@@ -202,7 +204,7 @@ def write_onnx_int8(model, size: int, samples, target: Path) -> None:
 
 
 def build_tensorrt(
-    model, size: int, precision: str, artefact: Path, samples, checkpoint: Path, output_dir: Path, base: dict[str, Any]
+    model, size: InputSize, precision: str, artefact: Path, samples, checkpoint: Path, output_dir: Path, base: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Write the engine's ONNX input; build the engine when possible, else return the "not verified" report."""
     from trainer.export import onnx as onnx_export

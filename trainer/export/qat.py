@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from portraitseg.progress import progress
 from portraitseg.records import SplitError
+from portraitseg.resize import InputSize
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, PriorSimulation, SegmentationDataset
 from trainer.export.graph import build_inference_graph, example_input
 from trainer.export.tflite import int8_quantizer, write_int8_tflite
@@ -76,7 +77,7 @@ def qat_config():
     )
 
 
-def prepare_for_qat(model: nn.Module, size: int, quantizer) -> torch.fx.GraphModule:
+def prepare_for_qat(model: nn.Module, size: "InputSize | int", quantizer) -> torch.fx.GraphModule:
     """The inference graph of `model`, exported with a free batch size and fake-quantized for training."""
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
@@ -109,7 +110,7 @@ def calibrate_and_freeze_ranges(prepared: torch.fx.GraphModule, samples: np.ndar
 
 def export_tflite_int8_qat(
     model: nn.Module,
-    size: int,
+    size: "InputSize | int",
     samples: np.ndarray,
     split_dir: Path,
     epochs: int,

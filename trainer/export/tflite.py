@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from portraitseg.resize import InputSize
 from trainer.export.graph import build_inference_graph, example_input
 
 
@@ -36,8 +37,8 @@ def quiet_litert() -> Iterator[None]:
         litert_torch.config.show_progress = shown
 
 
-def export_tflite(model: nn.Module, size: int, output: Path) -> Path:
-    """Write the fp32 inference graph of `model` at `size` x `size` as a .tflite file."""
+def export_tflite(model: nn.Module, size: "InputSize | int", output: Path) -> Path:
+    """Write the fp32 inference graph of `model` at (height, width) `size` as a .tflite file."""
     import litert_torch
 
     graph = build_inference_graph(model)
@@ -47,7 +48,7 @@ def export_tflite(model: nn.Module, size: int, output: Path) -> Path:
     return output
 
 
-def export_tflite_fp16(model: nn.Module, size: int, output: Path) -> Path:
+def export_tflite_fp16(model: nn.Module, size: "InputSize | int", output: Path) -> Path:
     """fp32 conversion, then every supported op's weights cast to float16 (weight-only)."""
     float_model = export_tflite(model, size, output.with_name(output.stem + ".fp32-tmp.tflite"))
     try:
@@ -85,7 +86,7 @@ def int8_quantizer(config=None):
     return FoldedGraphQuantizer().set_global(config or get_symmetric_quantization_config(is_per_channel=True))
 
 
-def export_tflite_int8(model: nn.Module, size: int, samples: np.ndarray, output: Path) -> Path:
+def export_tflite_int8(model: nn.Module, size: "InputSize | int", samples: np.ndarray, output: Path) -> Path:
     """Static int8 via PT2E: export, insert observers, calibrate on `samples` (N, S, S, C) in 0..255, convert."""
     from torchao.quantization.pt2e import quantize_pt2e
 
@@ -99,7 +100,7 @@ def export_tflite_int8(model: nn.Module, size: int, samples: np.ndarray, output:
     return write_int8_tflite(prepared, quantizer, size, graph.in_channels, output)
 
 
-def write_int8_tflite(prepared: torch.fx.GraphModule, quantizer, size: int, channels: int, output: Path) -> Path:
+def write_int8_tflite(prepared: torch.fx.GraphModule, quantizer, size: "InputSize | int", channels: int, output: Path) -> Path:
     """Convert a calibrated (or quantization-aware trained) PT2E graph and write it as a fully-int8 .tflite."""
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
