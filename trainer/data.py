@@ -26,8 +26,8 @@ backgrounds for other people. Synthetic composites put people on new backgrounds
 only on the few a user has; this draws new pairs every epoch and never crosses splits.
 
 Resizing is a plain `Resize` to S x S, not letterbox (`LongestMaxSize` + `PadIfNeeded`): phone
-pipelines such as MediaPipe's selfie segmenter stretch the camera frame to the model's square
-input and stretch the mask back, so training sees what deployment feeds; and letterbox padding
+pipelines such as MediaPipe's selfie segmenter stretch the camera frame to the model's input
+(256 x 256, or 144 x 256 for its landscape model) and stretch the mask back, so training sees what deployment feeds; and letterbox padding
 is free, trivially correct background that would inflate validation IoU.
 
 Each target is interpolated as what it is. albumentations applies one `mask_interpolation` to

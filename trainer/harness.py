@@ -5,7 +5,7 @@ Whatever is measured is a `portraitseg.predictor.Predictor` (a student in any ru
 quality or speed comes from here:
 
 - `score`: quality at **ground-truth resolution**. Each photo goes through `predictor.predict`
-  (resized to the model's S x S input, area when shrinking and bilinear when growing; the
+  (resized to the model's (H, W) input, area when shrinking and bilinear when growing; the
   probabilities resized bilinearly back to the mask's size) and is compared with its mask by
   the one person rule of `portraitseg.scoring` (p >= 0.5, mask >= 128). The headline IoU (and
   the two-class mIoU, and the boundary F-score of `trainer.metrics.boundary_f_scores`) is the

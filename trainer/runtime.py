@@ -4,9 +4,10 @@
     probabilities = runner.predict(images)   # (N, H, W, C) RGB (+ prior) -> (N, H, W) float32 in [0, 1]
 
 Every exported artefact holds `trainer.export.graph.InferenceGraph`: it takes the resized photo
-as (1, H, W, C) float32 0..255 ((H, W) = `runner.input_size`: S x S, or e.g. a landscape 144 x 256) (C = 3, or 4 for a student that also takes the previous frame's
-mask, given as 0..255 too; `in_channels`, read from the artefact's static input shape) and does the ImageNet normalisation, the layout change and the
-sigmoid itself, so a runner only casts to float and loops over the batch (artefacts have a
+as (1, H, W, C) float32 0..255 ((H, W) = `runner.input_size`: S x S, or e.g. a landscape
+144 x 256; C = 3, or 4 for a student that also takes the previous frame's mask, given as 0..255
+too; `in_channels`; both read from the artefact's static input shape) and does the ImageNet
+normalisation, the layout change and the sigmoid itself, so a runner only casts to float and loops over the batch (artefacts have a
 static batch of 1, which is also what latency is measured at). A checkpoint is wrapped in the
 same graph, so all backends see identical preprocessing. `runner.as_predictor()` takes photos
 of any size instead (`portraitseg.predictor`), as teachers do; scoring and timing use that.
