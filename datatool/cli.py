@@ -319,7 +319,7 @@ def boundary(input_dir, output_dir, width, method, workers, **engine) -> None:
         raise click.ClickException(str(error)) from error
     counts, width, method = result.report["counts"], result.report["options"]["width"], result.report["options"]["method"]
     click.echo(
-        f"{input_dir.name}: {result.written} of {result.rows} edge maps ({method}, {width} px) in {result.report['seconds']:.1f} s; "
+        f"{output_dir.name}: {result.written} of {result.rows} edge maps ({method}, {width} px) in {result.report['seconds']:.1f} s; "
         f"files {counts.get('linked_files', 0)} linked, {counts.get('copied_files', 0)} copied; {counts.get('empty_edges', 0)} empty edge maps"
     )
     print_reasons("skipped", result.report["skipped"])

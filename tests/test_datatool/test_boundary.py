@@ -148,7 +148,7 @@ def test_cli_soft_masks_and_method(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["boundary", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--width", "2", "--method", "sobel"])
     assert result.exit_code == 0, result.output
-    assert "3 of 3 edge maps (sobel, 2 px)" in result.output
+    assert "out: 3 of 3 edge maps (sobel, 2 px)" in result.output  # named after the output set
     row = next(read_manifest(tmp_path / "out"))
     edge = cv2.imread(str(tmp_path / "out" / row["edge"]), cv2.IMREAD_UNCHANGED)
     mask = cv2.imread(str(tmp_path / "in" / row["mask"]), cv2.IMREAD_UNCHANGED)
