@@ -62,30 +62,32 @@ class ModelFile:
         return cache / self.name / self.filename
 
 
+# Both MediaPipe files come from one pinned wheel. mediapipe ships only platform wheels; the .tflite
+# files inside are the same bytes in each, so pinning one wheel (35 MB) makes the fetch work on any
+# OS and Python.
+MEDIAPIPE_WHEEL = {
+    "package": "mediapipe",
+    "version": "0.10.21",
+    "licence": "Apache-2.0",
+    "wheel_options": ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
+}
+
 MODELS: dict[str, ModelFile] = {
     model.name: model
     for model in (
         ModelFile(
             name="mediapipe-selfie",
             description="MediaPipe selfie segmentation (general, 256x256 input), LiteRT/TFLite",
-            package="mediapipe",
-            version="0.10.21",
             member="mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
             sha256="9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
-            licence="Apache-2.0",
-            # mediapipe ships only platform wheels; the .tflite inside is the same bytes in each,
-            # so pinning one wheel (35 MB) makes the fetch work on any OS and Python.
-            wheel_options=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
+            **MEDIAPIPE_WHEEL,
         ),
         ModelFile(
             name="mediapipe-selfie-landscape",
             description="MediaPipe selfie segmentation (landscape, 144x256 input), LiteRT/TFLite",
-            package="mediapipe",
-            version="0.10.21",
             member="mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite",
             sha256="a77d03f4659b9f6b6c1f5106947bf40e99d7655094b6527f214ea7d451106edd",
-            licence="Apache-2.0",
-            wheel_options=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
+            **MEDIAPIPE_WHEEL,
         ),
         ModelFile(
             name="rembg-u2netp",
