@@ -216,8 +216,8 @@ def import_encoder(tflite_name: str, images_dir: Path, output: Path) -> None:
 def profile(artefact: str, size: tuple[int, int] | None, threads: int, top: int, runs: int, output: Path | None) -> None:
     """Where ARTEFACT's CPU time goes: time per operator type and the slowest layers (Markdown).
 
-    ARTEFACT is a checkpoint (best.pt), an .onnx or .tflite file, or `mediapipe-selfie` (the
-    cached teacher file). PyTorch uses torch.profiler, ONNX Runtime its own profiler, LiteRT
+    ARTEFACT is a checkpoint (best.pt), an .onnx or .tflite file, or `mediapipe-selfie` /
+    `mediapipe-selfie-landscape` (the cached teacher files). PyTorch uses torch.profiler, ONNX Runtime its own profiler, LiteRT
     times each operator cut out of the model with XNNPACK; the header says what was measured.
     """
     from trainer.profile import ProfileError, format_profile, profile_artefact, write_profile_json
