@@ -120,10 +120,12 @@ def test_litert_profile_times_each_operator_with_what_xnnpack_fuses_into_it(arte
     assert "XNNPACK" in profile.measured and "cut out" in profile.measured
 
 
-def test_mediapipe_model_is_profiled_from_the_model_cache():
-    cached_model("mediapipe-selfie")  # skips with the fetch command when the file is not cached
-    profile = profile_artefact("mediapipe-selfie", threads=1, runs=2)
-    assert (profile.backend, profile.input_size) == ("litert", (256, 256))
+@pytest.mark.parametrize(("name", "size"), [("mediapipe-selfie", (256, 256)), ("mediapipe-selfie-landscape", (144, 256))])
+def test_mediapipe_model_is_profiled_from_the_model_cache(name, size):
+    cached_model(name)  # skips with the fetch command when the file is not cached
+    profile = profile_artefact(name, threads=1, runs=2)
+    assert (profile.backend, profile.input_size) == ("litert", size)
+    assert f"{size[0]}x{size[1]} input" in format_profile(profile, top=3)
     types = {op.op_type for op in profile.op_types}
     assert {"Convolution2DTransposeBias", "CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH"} <= types
     assert "CONV_2D+RELU" in types and "RELU" not in types  # every RELU follows a convolution
