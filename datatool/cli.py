@@ -1,5 +1,7 @@
 """The `datatool` command line: each command parses its options, calls one library function and prints a summary."""
 
+import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -55,6 +57,11 @@ class Commands(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader of our output has gone (`datatool teacher-files list | head -1`): stop quietly,
+            # as Unix tools do. stdout points at /dev/null first, so flushing it at exit cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as error:
             where = f"{error.filename}: " if error.filename else ""
             raise click.ClickException(

@@ -130,3 +130,20 @@ def test_a_full_disk_stops_the_run_with_a_message_and_the_next_run_completes_the
     assert result.exit_code == 0 and "3 samples ingested (1 reused" in result.output
     assert len((tmp_path / "set" / MANIFEST).read_text().splitlines()) == 3
     assert json.loads((tmp_path / "set/report.json").read_text())["counts"]["reused"] == 1
+
+
+def test_a_reader_that_stops_reading_is_no_error(tmp_path):
+    """`datatool teacher-files list | head -1`: the broken pipe ends the command quietly, without the
+    disk-space advice of a real file error."""
+    import subprocess
+    import sys
+
+    script = "from datatool.cli import main; main()"
+    command = [sys.executable, "-c", script, "teacher-files", "list", "--cache-dir", str(tmp_path)]
+    listing = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listing.stdout.readline()
+    listing.stdout.close()  # what `head -1` does after its line
+    stderr = listing.stderr.read().decode()
+    listing.wait(timeout=60)
+    assert "Broken pipe" not in stderr and "free disk space" not in stderr, stderr
+
