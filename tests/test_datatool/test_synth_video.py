@@ -85,7 +85,9 @@ def test_the_occlusion_hides_part_of_the_person_for_a_few_frames_only(tmp_path, 
         if occluded["frame"] == 0:
             start, end = occluded["motion"]["occlusion_frames"]
             # A brief occlusion: after a clean first frame, at least 2 frames, and not the whole clip.
-            assert 1 <= start and end - start >= 2 and end <= SMALL.frames and end - start < SMALL.frames - 1
+            assert start >= 1, occluded["motion"]  # the first frame is clean
+            assert end <= SMALL.frames, occluded["motion"]
+            assert 2 <= end - start < SMALL.frames - 1, occluded["motion"]  # a few frames, not the whole clip
             expected_occluded_frames += end - start
         hidden, whole = read(tmp_path / "with", occluded["mask"]), read(tmp_path / "without", clean["mask"])
         if start <= occluded["frame"] < end:
