@@ -161,11 +161,13 @@ def train(
     "--tflite",
     "tflite_name",
     required=True,
-    help="A quantized MobileNetV2 TFLite file: DeepLabV3 on PASCAL VOC (deeplabv3_mnv2_pascal_quant.tflite, width "
-    "1.0; deeplabv3_mnv2_dm05_pascal_quant.tflite, width 0.5) or the ImageNet classifier "
-    "(mobilenet_v2_1.0_224_quant.tflite), e.g. in ../shared/weights. The width comes from the file. An empty "
-    "value writes an init file that says `none`: the student starts from random weights (the pipeline's "
-    "`encoder` stage when `encoder.tflite` is empty).",
+    help="A TFLite file to start from, or the name of a cached teacher file (`datatool teacher-files list`): "
+    "MediaPipe's selfie segmenter (`mediapipe-selfie`, the whole `selfie_segmenter` student), or a quantized "
+    "MobileNetV2, DeepLabV3 on PASCAL VOC (deeplabv3_mnv2_pascal_quant.tflite, width 1.0; "
+    "deeplabv3_mnv2_dm05_pascal_quant.tflite, width 0.5) or the ImageNet classifier "
+    "(mobilenet_v2_1.0_224_quant.tflite), e.g. in ../shared/weights (the encoder of `mobile_unet`; the width comes "
+    "from the file). An empty value writes an init file that says `none`: the student starts from random weights "
+    "(the pipeline's `encoder` stage when `encoder.tflite` is empty).",
 )
 @click.option(
     "--images",
@@ -176,32 +178,54 @@ def train(
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .pt file to write.")
 def import_encoder(tflite_name: str, images_dir: Path, output: Path) -> None:
-    """Pretrained mobile_unet encoder weights from a MobileNetV2 TFLite file (DeepLabV3 or ImageNet classifier).
+    """Pretrained weights from a TFLite file: MediaPipe's selfie segmenter, or a MobileNetV2 encoder.
 
-    The width (1.0 or 0.5) and the source kind come from the file; use the output as
-    `train.init_weights` (or `trainer train --init-weights`) with `model=mobile_unet` or
-    `lraspp_mnv2` and `model_options.width_mult=<the printed width>`.
+    MediaPipe's selfie segmenter gives a whole `selfie_segmenter` (use `model=selfie_segmenter`).
+    A MobileNetV2 file (DeepLabV3 or the ImageNet classifier) gives the encoder of `mobile_unet`
+    or `lraspp_mnv2` with `model_options.width_mult=<the printed width>`. Use the output as
+    `train.init_weights` (or `trainer train --init-weights`).
     """
+    from portraitseg.teacher_files import ModelMissingError, list_models, model_path
     from trainer.checkpoint import write_no_encoder
     from trainer.models.encoder_import import EncoderImportError, import_mobilenet_encoder
+    from trainer.models.selfie_import import NotSelfieFileError, import_selfie_segmenter
 
     if not tflite_name.strip():
         write_no_encoder(output, "no --tflite file given (encoder.tflite is empty)")
         click.echo(f"no encoder file given: {output} says `none`, so the student starts from random weights")
         return
-    tflite_path = Path(tflite_name)
     try:
-        summary = import_mobilenet_encoder(tflite_path, images_dir, output)
+        tflite_path = model_path(tflite_name) if tflite_name in list_models() else Path(tflite_name)
+    except ModelMissingError as error:
+        raise click.ClickException(str(error)) from error
+    try:
+        summary = import_selfie_segmenter(tflite_path, images_dir, output)
+    except NotSelfieFileError:
+        summary = None
     except EncoderImportError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(
-        f"{summary['source_kind']} {summary['source']} (MobileNetV2 width {summary['model_options']['width_mult']}): "
-        f"{summary['convolutions']} convolutions -> "
-        f"{summary['tensors']} tensors of {summary['model']} {summary['model_options']} encoder "
-        f"({len(summary['widened'])} widened to torchvision's channel rounding); stride-16 features vs the TFLite "
-        f"interpreter: correlation {summary['check_correlation']:.4f} on {summary['check_image']}; BatchNorm "
-        f"calibrated on {summary['calibration_images']} photos; {summary['seconds']:.1f} s -> {output}"
-    )
+    if summary is not None:
+        height, width = summary["input_size"]
+        click.echo(
+            f"MediaPipe selfie segmenter {summary['source']} ({height}x{width}): {summary['convolutions']} convolutions "
+            f"-> {summary['tensors']} tensors of {summary['model']}; probabilities vs the TFLite interpreter differ by at "
+            f"most {summary['check_max_difference']:.1e} on {summary['check_images']} photos; after folding the input "
+            f"scaling into the stem, {100 * summary['folded_mask_agreement']:.2f} % of mask pixels agree; "
+            f"{summary['seconds']:.1f} s -> {output}"
+        )
+    else:
+        try:
+            summary = import_mobilenet_encoder(tflite_path, images_dir, output)
+        except EncoderImportError as error:
+            raise click.ClickException(str(error)) from error
+        click.echo(
+            f"{summary['source_kind']} {summary['source']} (MobileNetV2 width {summary['model_options']['width_mult']}): "
+            f"{summary['convolutions']} convolutions -> "
+            f"{summary['tensors']} tensors of {summary['model']} {summary['model_options']} encoder "
+            f"({len(summary['widened'])} widened to torchvision's channel rounding); stride-16 features vs the TFLite "
+            f"interpreter: correlation {summary['check_correlation']:.4f} on {summary['check_image']}; BatchNorm "
+            f"calibrated on {summary['calibration_images']} photos; {summary['seconds']:.1f} s -> {output}"
+        )
     for skipped in summary["skipped_images"]:
         click.echo(f"  skipped {skipped['file']}: {skipped['reason']}", err=True)
 

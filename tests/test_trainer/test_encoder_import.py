@@ -143,10 +143,20 @@ def test_import_encoder_names_what_it_found_in_a_student_tflite(tmp_path):
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_import_encoder_refuses_the_mediapipe_selfie_model(tmp_path):
+def test_mobilenet_importer_refuses_the_mediapipe_selfie_model(tmp_path):
+    # `trainer import-encoder` sends MediaPipe's file to the selfie importer (test_selfie_segmenter.py);
+    # the MobileNetV2 importer itself still says what it reads instead of importing part of it.
     model = cached_model("mediapipe-selfie")
-    result = CliRunner().invoke(main, ["import-encoder", "--tflite", str(model), "--images", str(tmp_path),
+    with pytest.raises(EncoderImportError, match="is none of the files the importer reads.*heads none known"):
+        import_mobilenet_encoder(model, tmp_path, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_import_encoder_without_photos_writes_nothing(tmp_path):
+    model = cached_model("mediapipe-selfie")
+    (tmp_path / "photos").mkdir()
+    result = CliRunner().invoke(main, ["import-encoder", "--tflite", str(model), "--images", str(tmp_path / "photos"),
                                        "--output", str(tmp_path / "out.pt")])  # fmt: skip
     assert result.exit_code == 1
-    assert "is none of the files the importer reads" in result.output and "heads none known" in result.output
+    assert "no readable images in" in result.output and "pass --images with a folder of photos" in result.output
     assert not (tmp_path / "out.pt").exists()

@@ -24,6 +24,7 @@ PARAMETER_RANGES = {
     "ffnet_mobile": (850_000, 1_150_000),  # ~1 M as in FFNet's mobile models
     "portraitnet": (1_700_000, 2_200_000),  # MobileNetV2 1.0 without its 1280-channel head
     "efficientnet_lite": (2_700_000, 3_300_000),
+    "selfie_segmenter": (100_000, 110_000),  # MediaPipe's network: 106 k
 }
 AUX_OUTPUTS = {"portraitnet": {"mask", "edge"}}
 MODELS = list_models()

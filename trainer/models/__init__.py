@@ -20,7 +20,9 @@ from trainer.models.base import SegmentationModel, add_prior_channel
 __all__ = ["ModelError", "SegmentationModel", "create_model", "is_model", "list_models", "register_model"]
 
 # One module per family; imported on first use so `import trainer.models` stays cheap.
-FAMILY_MODULES = ("blazeseg", "mobile_unet", "lraspp", "ffnet_mobile", "portraitnet", "efficientnet_lite")
+FAMILY_MODULES = (
+    "blazeseg", "mobile_unet", "lraspp", "ffnet_mobile", "portraitnet", "efficientnet_lite", "selfie_segmenter"
+)
 
 MODELS: dict[str, Callable[..., SegmentationModel]] = {}
 

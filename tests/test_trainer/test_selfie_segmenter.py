@@ -1,0 +1,126 @@
+"""`selfie_segmenter`: MediaPipe's selfie segmenter network, started from MediaPipe's own model file.
+
+The padding and shape tests need no file. The imports read the cached `mediapipe-selfie` and
+`mediapipe-selfie-landscape` teacher files (`datatool teacher-files fetch --all`, part of the
+README install) and skip with the fetch command where they are absent.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import make_photo, write_image
+from teacher_samples import astronaut, cached_model
+from trainer.checkpoint import load_init_weights
+from trainer.cli import main
+from trainer.models import create_model
+from trainer.models.selfie_import import (
+    NotSelfieFileError,
+    file_probabilities,
+    import_selfie_segmenter,
+    model_probabilities,
+)
+from trainer.models.selfie_segmenter import SameConv2d
+
+
+@pytest.mark.parametrize(("side", "kernel", "stride", "before"), [(8, 3, 2, 0), (9, 3, 2, 1), (8, 5, 2, 1), (8, 5, 1, 2)])
+def test_same_padding_is_tensorflows(side, kernel, stride, before):
+    # TensorFlow SAME: ceil(side / stride) outputs; the total padding is split with the odd pixel after.
+    # A ramp input tells where the window starts: output 0 of a kernel that picks its top-left tap
+    # reads input row -before (a padded zero when before > 0).
+    conv = SameConv2d(1, 1, kernel, stride)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0
+        conv.bias.zero_()
+    ramp = torch.arange(1, side + 1, dtype=torch.float32).view(1, 1, side, 1).expand(1, 1, side, side).contiguous()
+    output = conv(ramp)
+    assert output.shape[-2:] == (-(-side // stride), -(-side // stride))
+    first_row = output[0, 0, 0, before].item()  # column `before` is inside the image, so only the row matters
+    assert first_row == (0.0 if before else 1.0)
+    if before:
+        assert output[0, 0, 1, before].item() == stride + 1 - before  # the next window starts `stride` rows later
+
+
+@pytest.mark.parametrize("size", [(256, 256), (192, 192), (144, 256)])
+def test_network_runs_at_mediapipes_sizes(size):
+    model = create_model("selfie_segmenter").eval()
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 1, *size)
+
+
+def test_pretrained_is_refused_with_the_importer_named():
+    with pytest.raises(ValueError, match="trainer import-encoder --tflite mediapipe-selfie"):
+        create_model("selfie_segmenter", pretrained=True)
+
+
+def photos(folder: Path) -> Path:
+    """The astronaut (a person: the check compares real masks) and three synthetic photos, as PNG (BGR)."""
+    write_image(folder / "astronaut.png", astronaut()[:, :, ::-1])
+    for index in range(3):
+        write_image(folder / f"photo_{index}.png", make_photo(160, 120, seed=index))
+    return folder
+
+
+@pytest.mark.parametrize(("teacher", "size"), [("mediapipe-selfie", (256, 256)), ("mediapipe-selfie-landscape", (144, 256))])
+def test_import_reproduces_the_model_file(tmp_path, teacher, size):
+    tflite = cached_model(teacher)
+    output = tmp_path / "selfie.pt"
+    result = CliRunner().invoke(
+        main, ["import-encoder", "--tflite", teacher, "--images", str(photos(tmp_path / "photos")), "--output", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"({size[0]}x{size[1]}): 55 convolutions" in result.output
+    saved = torch.load(output, weights_only=False)
+    assert saved["input_size"] == list(size)
+    assert saved["check_max_difference"] <= 1e-3
+    assert saved["folded_mask_agreement"] > 0.99
+
+    # The init file starts a student that sees ImageNet-normalised input and masks as MediaPipe does.
+    model = create_model("selfie_segmenter")
+    assert len(load_init_weights(model, output, "selfie_segmenter", {})) == 110
+    from portraitseg.litert import open_tflite
+
+    interpreter = open_tflite(tflite, threads=1)
+    image = astronaut()  # RGB
+    reference = file_probabilities(interpreter, image, size)
+    ours = model_probabilities(model, image, size, normalised=True)
+    assert ours.shape == reference.shape == size
+    assert 0.2 < (reference > 0.5).mean() < 0.8  # a person, not an empty mask
+    assert ((ours > 0.5) == (reference > 0.5)).mean() > 0.99
+    # The folding changes only the stem's padding (the mean colour instead of black), a small shift
+    # that the squeeze-excite gates spread over the whole image.
+    assert np.abs(ours - reference).mean() < 0.01
+
+
+def test_import_refuses_a_file_that_is_not_mediapipes(tmp_path):
+    not_tflite = tmp_path / "model.tflite"
+    not_tflite.write_bytes(b"not a flatbuffer")
+    with pytest.raises(NotSelfieFileError):
+        import_selfie_segmenter(not_tflite, tmp_path, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_prior_student_starts_from_the_imported_weights(tmp_path):
+    # model_options.prior with MediaPipe's weights: the RGB weights load into the widened stem, the prior's start at 0.
+    output = tmp_path / "selfie.pt"
+    import_selfie_segmenter(cached_model("mediapipe-selfie"), photos(tmp_path / "photos"), output)
+    rgb, prior = create_model("selfie_segmenter"), create_model("selfie_segmenter", prior=True)
+    load_init_weights(rgb, output, "selfie_segmenter", {})
+    load_init_weights(prior, output, "selfie_segmenter", {"prior": True})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(prior.eval()(torch.cat([x, torch.rand(1, 1, 64, 64)], 1)), rgb.eval()(x))
+
+
+def test_a_teacher_file_name_that_is_not_cached_says_how_to_fetch_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTRAITSEG_TEACHER_FILES", str(tmp_path / "empty-cache"))
+    result = CliRunner().invoke(
+        main, ["import-encoder", "--tflite", "mediapipe-selfie", "--images", str(tmp_path), "--output", str(tmp_path / "o.pt")]
+    )
+    assert result.exit_code == 1
+    assert "datatool teacher-files fetch mediapipe-selfie" in result.output
+    assert not (tmp_path / "o.pt").exists()
