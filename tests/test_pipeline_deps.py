@@ -25,7 +25,8 @@ ENTRY_MODULES = {
     "synth-video": ["datatool.synth_video"],
     "boundary": ["datatool.boundary"],
     "split": ["datatool.split"],
-    "encoder": ["trainer.models.encoder_import", "trainer.checkpoint"],
+    "encoder": ["trainer.models.encoder_import", "trainer.models.selfie_import", "trainer.checkpoint",
+                "portraitseg.teacher_files"],  # the CLI resolves a teacher-file name (encoder.tflite: mediapipe-selfie)
     "train": ["trainer.train"],
     "quantize": ["trainer.export.calibration", "trainer.export.pipeline"],
     "export": ["trainer.export.pipeline"],

@@ -177,7 +177,13 @@ def train(
     help="Photos (16 are used) for BatchNorm calibration and the check against the TFLite interpreter.",
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .pt file to write.")
-def import_encoder(tflite_name: str, images_dir: Path, output: Path) -> None:
+@click.option(
+    "--teacher-files",
+    "teacher_files_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where a --tflite teacher-file name is cached (the pipeline's data/teacher-files).  [default: the user cache]",
+)
+def import_encoder(tflite_name: str, images_dir: Path, output: Path, teacher_files_dir: Path | None) -> None:
     """Pretrained weights from a TFLite file: MediaPipe's selfie segmenter, or a MobileNetV2 encoder.
 
     MediaPipe's selfie segmenter gives a whole `selfie_segmenter` (use `model=selfie_segmenter`).
@@ -195,7 +201,7 @@ def import_encoder(tflite_name: str, images_dir: Path, output: Path) -> None:
         click.echo(f"no encoder file given: {output} says `none`, so the student starts from random weights")
         return
     try:
-        tflite_path = model_path(tflite_name) if tflite_name in list_models() else Path(tflite_name)
+        tflite_path = model_path(tflite_name, teacher_files_dir) if tflite_name in list_models() else Path(tflite_name)
     except ModelMissingError as error:
         raise click.ClickException(str(error)) from error
     try:
