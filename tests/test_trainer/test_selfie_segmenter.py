@@ -69,9 +69,11 @@ def photos(folder: Path) -> Path:
 def test_import_reproduces_the_model_file(tmp_path, teacher, size):
     tflite = cached_model(teacher)
     output = tmp_path / "selfie.pt"
-    result = CliRunner().invoke(
-        main, ["import-encoder", "--tflite", teacher, "--images", str(photos(tmp_path / "photos")), "--output", str(output)]
-    )
+    # By teacher-file name, from the cache the pipeline's stage names (`--teacher-files`; here the user cache).
+    result = CliRunner().invoke(main, [
+        "import-encoder", "--tflite", teacher, "--images", str(photos(tmp_path / "photos")), "--output", str(output),
+        "--teacher-files", str(tflite.parent.parent),
+    ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"({size[0]}x{size[1]}): 55 convolutions" in result.output
     saved = torch.load(output, weights_only=False)
