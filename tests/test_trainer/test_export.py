@@ -19,7 +19,7 @@ from trainer.cli import main
 from trainer.evaluate import EvaluateConfig, evaluate
 from trainer.export.calibration import CalibrationError, load_calibration, write_calibration_set
 from portraitseg.params import ConfigError, load_section
-from trainer.export.pipeline import ExportConfig, export_checkpoint
+from trainer.export.pipeline import ExportConfig, ExportError, converter_errors, export_checkpoint
 from trainer.export.tflite import cast_weights_fp16
 from trainer.runtime import RunnerError, open_runner
 
@@ -249,3 +249,17 @@ def test_missing_validation_split_is_a_clear_error_before_any_work(tiny, tmp_pat
     )
     assert result.exit_code == 1 and "no validation split at" in result.output and "--split-dir" in result.output
     assert not (tmp_path / "onnx-fp32.onnx").exists()
+
+
+def test_a_converter_failure_is_an_export_error_naming_artefact_model_and_reason():
+    with pytest.raises(ExportError, match=r"^tflite-int8: the converter cannot build it from tiny \(AssertionError: "
+                                          r"Attempting to convert non-NHWC\)"):  # fmt: skip
+        with converter_errors("tflite-int8", "tiny"):
+            raise AssertionError("Attempting to convert non-NHWC\nsecond line of the converter's message")
+    # Our own errors and the system's (a full disk) keep their type and message.
+    with pytest.raises(OSError, match="No space left"):
+        with converter_errors("onnx-fp32", "tiny"):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(ExportError, match="^no validation split"):
+        with converter_errors("onnx-fp32", "tiny"):
+            raise ExportError("no validation split at x")

@@ -23,7 +23,8 @@ from trainer.models.selfie_import import (
     import_selfie_segmenter,
     model_probabilities,
 )
-from trainer.models.selfie_segmenter import SameConv2d
+from portraitseg.resize import stretch
+from trainer.models.selfie_segmenter import SameConv2d, SubpixelHead
 
 
 @pytest.mark.parametrize(("side", "kernel", "stride", "before"), [(8, 3, 2, 0), (9, 3, 2, 1), (8, 5, 2, 1), (8, 5, 1, 2)])
@@ -43,6 +44,21 @@ def test_same_padding_is_tensorflows(side, kernel, stride, before):
     assert first_row == (0.0 if before else 1.0)
     if before:
         assert output[0, 0, 1, before].item() == stride + 1 - before  # the next window starts `stride` rows later
+
+
+def test_subpixel_head_is_the_transposed_convolution():
+    # Tap (i, j) of a 2 x 2 stride-2 transposed kernel is channel 2 i + j of the 1 x 1 convolution,
+    # the mapping the importer applies to MediaPipe's Convolution2DTransposeBias.
+    torch.manual_seed(0)
+    transposed = torch.nn.ConvTranspose2d(16, 1, 2, stride=2)
+    head = SubpixelHead(16)
+    with torch.no_grad():
+        head.conv.weight.copy_(transposed.weight[:, 0].reshape(16, 4).t().reshape(4, 16, 1, 1))
+        head.conv.bias.copy_(transposed.bias.repeat(4))
+    x = torch.randn(2, 16, 12, 20)
+    with torch.inference_mode():
+        torch.testing.assert_close(head(x), transposed(x))
+    assert head(x).shape == (2, 1, 24, 40)
 
 
 @pytest.mark.parametrize("size", [(256, 256), (192, 192), (144, 256)])
@@ -126,3 +142,17 @@ def test_a_teacher_file_name_that_is_not_cached_says_how_to_fetch_it(tmp_path, m
     assert result.exit_code == 1
     assert "datatool teacher-files fetch mediapipe-selfie" in result.output
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_int8_tflite_export_stops_with_the_converters_reason(tmp_path):
+    # litert-torch's int8 layout pass cannot place the explicit SAME pad: `trainer export` reports
+    # that as an ExportError naming the artefact and the model (fp32 and fp16 convert; see above).
+    from trainer.export.pipeline import ExportError, converter_errors
+    from trainer.export.tflite import export_tflite_int8
+
+    model = create_model("selfie_segmenter").eval()
+    samples = np.stack([stretch(astronaut(), 64, 64)[0]] * 2)  # (2, 64, 64, 3) 0..255
+    with pytest.raises(ExportError, match=r"tflite-int8: the converter cannot build it from selfie_segmenter "
+                                          r"\(AssertionError: .*NHWC"):  # fmt: skip
+        with converter_errors("tflite-int8", "selfie_segmenter"):
+            export_tflite_int8(model, 64, samples, tmp_path / "selfie-int8.tflite")

@@ -17,7 +17,9 @@ comes from the command line (`--split-dir`), never from inside the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,18 +144,19 @@ def export_checkpoint(
             base["calibration"]["prior"] = "the fp32 model's output with an empty prior (a second frame)"
         base["quantization"] = {"method": "post-training"}
 
-    if fmt == "tensorrt":
-        built = build_tensorrt(model, size, precision, artefact, samples, checkpoint, output_dir, base)
-        if built is not None:
-            report_path.write_text(json.dumps(built, indent=2) + "\n")
-            return ExportResult(name, None, built, report_path)
-    elif quantization_aware:
-        _, base["quantization"] = export_tflite_int8_qat(
-            model, size, samples, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed,
-            artefact, PriorSimulation(empty_share=state["config"]["prior_empty"]) if model.in_channels == 4 else None,
-        )  # fmt: skip
-    else:
-        build_artefact(model, size, fmt, precision, artefact, samples)
+    with converter_errors(name, state["model_name"]):
+        if fmt == "tensorrt":
+            built = build_tensorrt(model, size, precision, artefact, samples, checkpoint, output_dir, base)
+            if built is not None:
+                report_path.write_text(json.dumps(built, indent=2) + "\n")
+                return ExportResult(name, None, built, report_path)
+        elif quantization_aware:
+            _, base["quantization"] = export_tflite_int8_qat(
+                model, size, samples, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed,
+                artefact, PriorSimulation(empty_share=state["config"]["prior_empty"]) if model.in_channels == 4 else None,
+            )  # fmt: skip
+        else:
+            build_artefact(model, size, fmt, precision, artefact, samples)
 
     use_threads(config.threads)
     reference = open_runner(checkpoint, config.threads, size=size)
@@ -173,6 +176,26 @@ def export_checkpoint(
     }
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(name, artefact, report, report_path)
+
+
+@contextlib.contextmanager
+def converter_errors(name: str, model_name: str) -> Iterator[None]:
+    """Turn a converter's own failure (litert-torch, torch.onnx, ONNX Runtime's quantizer) into an `ExportError`.
+
+    The converters raise whatever their passes raise (litert-torch's int8 layout pass an
+    AssertionError); the user gets the artefact, the model and the converter's reason instead of
+    a traceback. Our own errors and OS errors (a full disk) pass through unchanged.
+    """
+    try:
+        yield
+    except (ExportError, OSError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a third-party converter's failure, re-raised with context
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ExportError(
+            f"{name}: the converter cannot build it from {model_name} ({type(error).__name__}: {reason}); "
+            "the other formats and precisions are built separately and may still work"
+        ) from error
 
 
 def build_artefact(model, size: InputSize, fmt: str, precision: str, artefact: Path, samples) -> None:

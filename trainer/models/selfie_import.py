@@ -9,8 +9,9 @@ The file keeps its weights as float16 constants (each behind a DEQUANTIZE op), B
 into the biases. Importing it:
 1. reads its 55 convolutions in execution order (43 CONV_2D, 11 DEPTHWISE_CONV_2D and the custom
    `Convolution2DTransposeBias`) and copies each into the `selfie_segmenter` layer that runs at
-   the same place of a forward pass, transposing TFLite's OHWI / 1HWC layouts; any count or shape
-   difference is refused;
+   the same place of a forward pass, transposing TFLite's OHWI / 1HWC layouts (the transposed
+   convolution becomes the 1 x 1 convolution of `SubpixelHead`); any count or shape difference
+   is refused;
 2. checks itself: on calibration photos, at the file's input size, the imported model's
    probabilities must match the LiteRT interpreter's to `CHECK_MAX_DIFFERENCE`, else nothing
    is written;
@@ -66,22 +67,28 @@ def read_convolutions(interpreter) -> list[tuple[str, torch.Tensor, torch.Tensor
         if op["op_name"] not in CONVOLUTION_OPS:
             continue
         _, weight_index, bias_index = op["inputs"][:3]
-        weight = constant(weight_index)
+        weight, bias = constant(weight_index), constant(bias_index)
         # CONV_2D (O, kH, kW, I) -> (O, I, kH, kW); DEPTHWISE_CONV_2D (1, kH, kW, C) -> (C, 1, kH, kW);
-        # Convolution2DTransposeBias (O, kH, kW, I) -> ConvTranspose2d's (I, O, kH, kW).
-        weight = weight.transpose(0, 3, 1, 2) if op["op_name"] == "CONV_2D" else weight.transpose(3, 0, 1, 2)
+        # Convolution2DTransposeBias (O, 2, 2, I) -> the 1 x 1 convolution of `SubpixelHead`, whose
+        # output channel 4 o + 2 i + j is tap (i, j) of output o: (4 O, I, 1, 1), each bias repeated 4 times.
+        if op["op_name"] == "CONV_2D":
+            weight = weight.transpose(0, 3, 1, 2)
+        elif op["op_name"] == "DEPTHWISE_CONV_2D":
+            weight = weight.transpose(3, 0, 1, 2)
+        else:
+            weight, bias = weight.reshape(-1, weight.shape[-1])[:, :, None, None], np.repeat(bias, 4)
         name = details[weight_index]["name"].split(";")[0]
-        convolutions.append((name, torch.from_numpy(weight.copy()), torch.from_numpy(constant(bias_index))))
+        convolutions.append((name, torch.from_numpy(weight.copy()), torch.from_numpy(bias.copy())))
     return convolutions
 
 
-def layers_in_execution_order(model: nn.Module, size: tuple[int, int]) -> list[nn.Conv2d | nn.ConvTranspose2d]:
+def layers_in_execution_order(model: nn.Module, size: tuple[int, int]) -> list[nn.Conv2d]:
     """The model's convolutions in the order a forward pass runs them (module order differs in the head)."""
     order: list[nn.Module] = []
     hooks = [
         layer.register_forward_hook(lambda layer, inputs, output: order.append(layer))
         for layer in model.modules()
-        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d)
+        if isinstance(layer, nn.Conv2d)
     ]
     try:
         with torch.no_grad():

@@ -11,7 +11,8 @@ The layout is read off the model file (243 operators; `trainer profile mediapipe
   skip's width, a squeeze-excite gate on the skip, and a pointwise + depthwise refinement with a
   residual;
 - a 2 x 2 stride-2 transposed convolution to one channel at the input's resolution (the file's
-  custom `Convolution2DTransposeBias`).
+  custom `Convolution2DTransposeBias`), computed as a 1 x 1 convolution to 4 channels and a pixel
+  shuffle (`SubpixelHead`): the same function, and faster in LiteRT.
 
 The file has no batch norms (they are folded into the convolutions' biases), so neither has this
 model: every convolution has a bias, which fine-tuning from the file's weights keeps as they are.
@@ -33,6 +34,11 @@ class SameConv2d(nn.Conv2d):
     PyTorch's symmetric padding shifts a stride-2 convolution's grid by one pixel against the
     one TensorFlow trained the weights on; this pads inside `forward`, so a forward hook on the
     layer still sees the layer's own input (`add_prior_channel` finds the stem that way).
+
+    The explicit pad converts to LiteRT fp32 / fp16 and ONNX, but litert-torch's int8 conversion
+    cannot lay it out ("Attempting to convert non-NHWC compatible node to NHWC"): `trainer
+    export` says so. Zeros concatenated to the input instead convert to int8, but made the fp16
+    network 1.22x slower, and post-training int8 lost 0.027 IoU on the val photos (README).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
@@ -95,6 +101,24 @@ class DecoderStep(nn.Module):
         return refined + F.relu(self.depthwise(refined))
 
 
+class SubpixelHead(nn.Module):
+    """A 2 x 2 stride-2 transposed convolution, computed as a 1 x 1 convolution to 4 x `out_channels` and a pixel shuffle.
+
+    With kernel = stride = 2 each input pixel writes its own 2 x 2 output block, so the two forms
+    are one function: channel 2 i + j of the 1 x 1 convolution is tap (i, j) of the transposed
+    kernel (`trainer.models.selfie_import` maps one onto the other). LiteRT converts
+    ConvTranspose2d to TRANSPOSE_CONV, which made the whole network 1.20x MediaPipe's own file at
+    256 x 256; in this form it ran at 0.88x (same outputs, one A/B run, fp16, 2 threads; README).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4 * out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
 class SelfieSegmenter(SegmentationModel):
     """MediaPipe's selfie segmenter network: normalised (N, 3, H, W) -> logits (N, 1, H, W); sides multiples of 16."""
 
@@ -118,7 +142,7 @@ class SelfieSegmenter(SegmentationModel):
         self.head = nn.Conv2d(32, 128, 1)  # Lite R-ASPP: ReLU(1 x 1) gated by sigmoid(1 x 1 of the global average)
         self.head_gate = nn.Conv2d(32, 128, 1)
         self.decoder = nn.ModuleList([DecoderStep(128, 24), DecoderStep(24, 16), DecoderStep(16, 16)])
-        self.classifier = nn.ConvTranspose2d(16, 1, 2, stride=2)
+        self.classifier = SubpixelHead(16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride2 = self.stem(x)
