@@ -174,7 +174,8 @@ def train(
     "images_dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Photos (16 are used) for BatchNorm calibration and the check against the TFLite interpreter.",
+    help="Photos for the check against the TFLite interpreter and, for a MobileNetV2, its BatchNorm calibration "
+    "(the first 16 readable ones; 4 for MediaPipe's model).",
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .pt file to write.")
 @click.option(
