@@ -138,7 +138,7 @@ class SelfieSegmenter(SegmentationModel):
             InvertedResidual(32, 96, 32, 5, 1, 24, hswish),
             InvertedResidual(32, 96, 32, 5, 1, 24, hswish),
         ])  # fmt: skip
-        self.skip_after = {0: "stride4", 2: "stride8"}  # block index -> the skip it provides
+        self.skip_blocks = (0, 2)  # the blocks whose outputs the decoder also reads: strides 4 and 8
         self.head = nn.Conv2d(32, 128, 1)  # Lite R-ASPP: ReLU(1 x 1) gated by sigmoid(1 x 1 of the global average)
         self.head_gate = nn.Conv2d(32, 128, 1)
         self.decoder = nn.ModuleList([DecoderStep(128, 24), DecoderStep(24, 16), DecoderStep(16, 16)])
@@ -150,7 +150,7 @@ class SelfieSegmenter(SegmentationModel):
         y = stride2
         for index, block in enumerate(self.blocks):
             y = block(y)
-            if index in self.skip_after:
+            if index in self.skip_blocks:
                 skips.append(y)
         y = F.relu(self.head(y)) * torch.sigmoid(self.head_gate(F.adaptive_avg_pool2d(y, 1)))
         for step, skip in zip(self.decoder, reversed(skips)):  # stride 8, 4, 2
@@ -161,7 +161,7 @@ class SelfieSegmenter(SegmentationModel):
 @register_model
 def selfie_segmenter(pretrained: bool = False) -> SelfieSegmenter:
     """MediaPipe's selfie segmenter network (0.1 M parameters); `trainer import-encoder --tflite mediapipe-selfie` gives its weights."""
-    if pretrained:
+    if pretrained:  # not `refuse_pretrained`: its advice, "train it from scratch", is the wrong one here
         raise ValueError("selfie_segmenter cannot be built with pretrained=True: its weights come from "
                          "`trainer import-encoder --tflite mediapipe-selfie` (MediaPipe's model file) as train.init_weights")  # fmt: skip
     return SelfieSegmenter()
