@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from conftest import make_photo, write_image
 from teacher_samples import astronaut, cached_model
+from portraitseg.resize import stretch
 from trainer.checkpoint import load_init_weights
 from trainer.cli import main
 from trainer.models import create_model
@@ -23,7 +24,6 @@ from trainer.models.selfie_import import (
     import_selfie_segmenter,
     model_probabilities,
 )
-from portraitseg.resize import stretch
 from trainer.models.selfie_segmenter import SameConv2d, SubpixelHead
 
 
