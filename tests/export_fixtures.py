@@ -101,9 +101,17 @@ def write_checkpoint(output: Path, prior_weight: float | None = None, size: int 
         with torch.no_grad():
             model.body[0].weight[:, 3] = 0.0
             model.body[0].weight[0, 3, 1, 1] = prior_weight  # channel 0 = relu(R - B + w * prior)
-    config = build_section(TrainConfig, "train", {"model": TINY, "size": size, "model_options": model_options})
+    return save_model(model, TINY, output, size, model_options)
+
+
+def save_model(
+    model: SegmentationModel, model_name: str, output: Path, size: int | list[int], model_options: dict | None = None
+) -> Path:
+    """`output`/best.pt holding `model` (registered as `model_name`) in the checkpoint format `trainer.train.fit` writes."""
+    model_options = model_options or {}
+    config = build_section(TrainConfig, "train", {"model": model_name, "size": size, "model_options": model_options})
     state = Checkpoint(
-        model_name=TINY,
+        model_name=model_name,
         model_options=model_options,
         model=model.state_dict(),
         optimizer={},

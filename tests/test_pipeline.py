@@ -105,6 +105,13 @@ def test_dvc_repro_runs_the_whole_pipeline_on_the_demo(fresh_clone):
     metrics = json.loads((fresh_clone / "models/blazeseg/metrics.json").read_text())
     assert metrics["model"] == "blazeseg" and 0.0 <= metrics["val_iou"] <= 1.0
     assert (fresh_clone / "models/blazeseg/best.pt").is_file()
+    # The export stage's parity reports sit in its output folder and are read as top-level metrics.
+    shown = dvc(fresh_clone, "metrics", "show", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    for name in ("onnx-fp32", "tflite-fp32", "tflite-fp16", "onnx-int8", "tflite-int8"):
+        assert f"models/blazeseg/export/{name}.json" in shown.stdout, name
+        report = json.loads((fresh_clone / f"models/blazeseg/export/{name}.json").read_text())
+        assert report["status"] in ("passed", "failed") and (fresh_clone / "models/blazeseg/export" / report["file"]).is_file()
 
     again = dvc(fresh_clone, "repro")
     assert again.returncode == 0 and "didn't change, skipping" in again.stdout

@@ -28,8 +28,7 @@ ENTRY_MODULES = {
     "encoder": ["trainer.models.encoder_import", "trainer.models.selfie_import", "trainer.checkpoint",
                 "portraitseg.teacher_files"],  # the CLI resolves a teacher-file name (encoder.tflite: mediapipe-selfie)
     "train": ["trainer.train"],
-    "quantize": ["trainer.export.calibration", "trainer.export.pipeline"],
-    "export": ["trainer.export.pipeline"],
+    "export": ["trainer.export.calibration", "trainer.export.pipeline"],
     "evaluate": ["trainer.evaluate", "trainer.evaluation_report"],
 }
 

@@ -325,7 +325,9 @@ def evaluate(
 ) -> None:
     """Quality and batch-1 CPU latency of every model x backend beside the MediaPipe reference."""
     from portraitseg.params import ConfigError, load_section
-    from trainer.evaluate import EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts
+    from trainer.evaluate import (
+        EXPORT_DIR, EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts, unbuilt_artefacts,
+    )  # fmt: skip
     from trainer.evaluation_report import write_reports
 
     overrides = {"set": set_name, "threads": threads, "max_images": max_images, "sources": list(sources) or None}
@@ -335,7 +337,10 @@ def evaluate(
         raise click.UsageError(str(error)) from error
     try:
         paths = expand_artefacts(artefacts) + (discover_artefacts(models_dir) if models_dir else [])
-        result = evaluate(list(dict.fromkeys(paths)), split_dir, config, model_cache=model_cache)
+        folders = [*artefacts, *(sorted(models_dir.glob(f"*/{EXPORT_DIR}")) if models_dir else [])]
+        result = evaluate(
+            list(dict.fromkeys(paths)), split_dir, config, model_cache=model_cache, not_built=unbuilt_artefacts(folders)
+        )
     except EvaluationError as error:
         raise click.ClickException(str(error)) from error
     written = write_reports(result, output)
@@ -470,6 +475,11 @@ def calibration_set(
     "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the artefact."
 )
 @click.option("--allow-drop", is_flag=True, help="Exit 0 even when the IoU drop exceeds export.max_parity_iou_drop.")
+@click.option(
+    "--keep-going", is_flag=True,
+    help="Exit 0 when the converter cannot build this format from this model; the reason stays in its .json "
+    "(the pipeline builds every format, and one a model cannot take must not stop the others).",
+)  # fmt: skip
 @click.option("--size", type=InputSizeType(), help="The artefact's input: S or HxW px (e.g. 144x256).  [default: the training size]")
 @params_option("YAML file whose `export:` section sets the checks (defaults when the file or section is absent).")
 def export(
@@ -480,6 +490,7 @@ def export(
     split_dir: Path,
     output: Path,
     allow_drop: bool,
+    keep_going: bool,
     params_path: Path | None,
     size: tuple[int, int] | None,
 ) -> None:
@@ -500,6 +511,11 @@ def export(
     except (CheckpointError, CalibrationError, ExportError, SplitError, OSError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(summary_line(result))
+    if result.not_built and not keep_going:
+        raise click.ClickException(
+            f"{result.name} was not built ({result.report_path} records why); try another format or precision, "
+            "or pass --keep-going to record it and exit 0"
+        )
     if result.failed and not allow_drop:
         raise click.ClickException(
             f"{result.name} loses {result.report['iou_drop']:.4f} IoU (> export.max_parity_iou_drop "

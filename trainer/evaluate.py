@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,6 +118,27 @@ def expand_artefacts(paths: Sequence[Path]) -> list[Path]:
         else:
             raise EvaluationError(f"artefact {path} does not exist; pass a checkpoint, an exported file or a folder of them")
     return artefacts
+
+
+def unbuilt_artefacts(paths: Sequence[Path]) -> list[str]:
+    """"REPORT: STATUS" for each export report in the folders `paths` (and their export folders)
+    whose artefact does not exist: a converter could not build it, or it needs a machine this is
+    not (TensorRT without CUDA). `trainer export` writes those reports; the leaderboard lists them
+    under "Not evaluated" so that a format missing from it is explained, not silently absent.
+    """
+    lines = []
+    for folder in (Path(path) for path in paths):
+        if not folder.is_dir():
+            continue
+        for report_path in sorted(folder.glob("*.json")) + sorted(folder.glob(f"{EXPORT_DIR}/*.json")):
+            try:
+                report = json.loads(report_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # not an export report (a parity report is always valid JSON)
+            if isinstance(report, dict) and {"artefact", "format", "status"} <= report.keys():
+                if report["status"] not in ("passed", "failed"):
+                    lines.append(f"{report_path}: {report['status']}")
+    return lines
 
 
 def model_name_of(path: Path) -> str:
@@ -235,7 +257,7 @@ class EvaluationResult:
     threads: int
     overlay: dict[str, Any]  # images, masks and per-candidate probabilities of the first rows
     speed: dict[str, Any] | None  # best student's fastest artefact vs the reference
-    not_verified: list[str] = dataclasses.field(default_factory=list)  # "PATH: not verified here: reason"
+    not_verified: list[str] = dataclasses.field(default_factory=list)  # "PATH: not verified here: reason", "REPORT: not built: reason"
     video: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # clips: one row per candidate x variant
     clips: int = 0
     frames: int = 0
@@ -284,8 +306,12 @@ def evaluate(
     config: EvaluateConfig,
     *,
     model_cache: Path | None = None,
+    not_built: Sequence[str] = (),
 ) -> EvaluationResult:
-    """Quality and speed of every artefact and the reference on the split's `config.set` images."""
+    """Quality and speed of every artefact and the reference on the split's `config.set` images.
+
+    `not_built` ("REPORT: STATUS", from `unbuilt_artefacts`) joins the report's "Not evaluated" list.
+    """
     if not artefacts:
         raise EvaluationError(
             "no artefacts to evaluate: pass --artefact PATH (a best.pt or an exported file) or --models-dir DIR "
@@ -298,7 +324,7 @@ def evaluate(
     photo_rows = [row for row in rows if row.get("clip") is None] or [clip[0] for clip in clips]
     use_threads(config.threads)
     size_cache: dict = {}
-    candidates, not_verified = [], []
+    candidates, not_verified = [], list(not_built)
     for path in map(Path, artefacts):
         try:
             candidates.append(open_artefact(path, config.threads, size_cache))

@@ -6,6 +6,7 @@ ONNX export, so each run takes a few seconds.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,7 @@ from trainer.complexity import count_macs, count_parameters
 from trainer.config import TrainConfig
 from trainer.evaluate import (
     EvaluateConfig, EvaluationError, clips_of, discover_artefacts, evaluate, expand_artefacts, load_rows, model_name_of,
+    unbuilt_artefacts,
 )  # fmt: skip
 from trainer.harness import QualityMetrics, score, score_clips, time_predictors
 from trainer.models import MODELS, SegmentationModel
@@ -331,6 +333,32 @@ def test_clear_errors(tmp_path, split_dir, models_dir):
          "--teacher-files", str(tmp_path / "empty-cache"), "--output", str(tmp_path / "out")],
     )  # fmt: skip
     assert result.exit_code != 0 and "datatool teacher-files fetch mediapipe-selfie" in result.output
+
+
+def test_exports_that_were_not_built_are_listed_under_not_evaluated(tmp_path, split_dir, models_dir):
+    # `trainer export` leaves a report and no file where a converter failed (test_selfie_segmenter
+    # makes one for real) or TensorRT has no CUDA; the leaderboard explains each missing format.
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    export = models / "tiny" / "export"
+    base = {"format": "tflite", "precision": "int8", "model": "tiny"}
+    not_built = "not built: the converter cannot build it from tiny (AssertionError: non-NHWC node)"
+    (export / "tflite-int8.json").write_text(json.dumps({**base, "artefact": "tflite-int8", "status": not_built}))
+    (export / "tiny.json").write_text(json.dumps({**base, "artefact": "tiny", "file": "tiny.onnx", "status": "passed"}))
+    (export / "notes.json").write_text('["not a report"]')
+    (export / "broken.json").write_text("{")
+    assert unbuilt_artefacts([models / "tiny"]) == [f"{export / 'tflite-int8.json'}: {not_built}"]
+
+    output = tmp_path / "reports"
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--models-dir", str(models), "--split-dir", str(split_dir), "--output", str(output),
+         "--params", str(quick_params(tmp_path)), "--threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    leaderboard = (output / "leaderboard.md").read_text()
+    assert f"Not evaluated:\n\n- {export / 'tflite-int8.json'}: {not_built}\n" in leaderboard
+    assert "| tiny | onnxruntime-fp32 |" in leaderboard
 
 
 def test_engine_without_cuda_is_reported_not_verified(tmp_path, split_dir, models_dir):

@@ -5,6 +5,8 @@ The padding and shape tests need no file. The imports read the cached `mediapipe
 README install) and skip with the fetch command where they are absent.
 """
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,6 @@ from click.testing import CliRunner
 
 from conftest import make_photo, write_image
 from teacher_samples import astronaut, cached_model
-from portraitseg.resize import stretch
 from trainer.checkpoint import load_init_weights
 from trainer.cli import main
 from trainer.models import create_model
@@ -144,15 +145,31 @@ def test_a_teacher_file_name_that_is_not_cached_says_how_to_fetch_it(tmp_path, m
     assert not (tmp_path / "o.pt").exists()
 
 
-def test_int8_tflite_export_stops_with_the_converters_reason(tmp_path):
-    # litert-torch's int8 layout pass cannot place the explicit SAME pad: `trainer export` reports
-    # that as an ExportError naming the artefact and the model (fp32 and fp16 convert; see above).
-    from trainer.export.pipeline import ExportError, converter_errors
-    from trainer.export.tflite import export_tflite_int8
+def test_int8_tflite_export_is_recorded_as_not_built_with_the_converters_reason(tmp_path):
+    # litert-torch's int8 layout pass cannot place the explicit SAME pad (fp32 and fp16 convert; see
+    # above). `trainer export` records that in the artefact's report, removes a file an earlier
+    # run left there, and exits 1 unless --keep-going (the pipeline's export stage passes it, and
+    # `trainer evaluate` lists the report under "Not evaluated").
+    from export_fixtures import save_model, write_split
+    from trainer.evaluate import unbuilt_artefacts
 
-    model = create_model("selfie_segmenter").eval()
-    samples = np.stack([stretch(astronaut(), 64, 64)[0]] * 2)  # (2, 64, 64, 3) 0..255
-    with pytest.raises(ExportError, match=r"tflite-int8: the converter cannot build it from selfie_segmenter "
-                                          r"\(AssertionError: .*NHWC"):  # fmt: skip
-        with converter_errors("tflite-int8", "selfie_segmenter"):
-            export_tflite_int8(model, 64, samples, tmp_path / "selfie-int8.tflite")
+    split_dir = write_split(tmp_path / "split")
+    checkpoint = save_model(create_model("selfie_segmenter").eval(), "selfie_segmenter", tmp_path / "run", 64)
+    output = tmp_path / "export"
+    output.mkdir()
+    (output / "tflite-int8.tflite").write_bytes(b"an int8 file of another checkpoint")
+    command = ["export", "--checkpoint", str(checkpoint), "--format", "tflite", "--precision", "int8",
+               "--split-dir", str(split_dir), "--output", str(output)]  # fmt: skip
+    reason = r"the converter cannot build it from selfie_segmenter \(AssertionError: .*NHWC"
+
+    stopped = CliRunner().invoke(main, command)
+    assert stopped.exit_code == 1, stopped.output
+    assert re.search(f"^tflite-int8: not built: {reason}", stopped.output, re.MULTILINE)
+    assert "tflite-int8 was not built" in stopped.output and "--keep-going" in stopped.output
+    report = json.loads((output / "tflite-int8.json").read_text())
+    assert re.match(f"not built: {reason}", report["status"]) and report["model"] == "selfie_segmenter"
+    assert sorted(path.name for path in output.iterdir()) == ["tflite-int8.json"]
+
+    kept_going = CliRunner().invoke(main, [*command, "--keep-going"])
+    assert kept_going.exit_code == 0, kept_going.output
+    assert unbuilt_artefacts([output]) == [f"{output / 'tflite-int8.json'}: {report['status']}"]

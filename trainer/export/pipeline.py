@@ -5,7 +5,8 @@
       ├─ load the checkpoint (CheckpointError for damaged or foreign files)
       ├─ build the artefact (int8: calibration samples from --calibration or the split's train set,
       │  with a second-frame prior channel for a prior student;
-      │  TFLite int8 with export.qat_epochs > 0: then quantization-aware training on the train set)
+      │  TFLite int8 with export.qat_epochs > 0: then quantization-aware training on the train set);
+      │  a converter that cannot build it -> status "not built: <reason>", no artefact, no parity
       ├─ score it and fp32 PyTorch on the split's validation photos as `trainer evaluate` scores
       │  (trainer.harness) -> parity numbers (trainer.export.parity)
       └─ write <output_dir>/<format>-<precision>.json next to <format>-<precision>.<suffix>
@@ -40,10 +41,19 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "tensorrt": ("fp32", "fp16", "int8"),
 }
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
+NOT_BUILT = "not built: "  # the status of an artefact a converter could not build, before the reason
 
 
 class ExportError(ValueError):
     """An export that cannot run as asked (unsupported pair, missing validation split)."""
+
+
+class ConversionError(ExportError):
+    """A converter (litert-torch, torch.onnx, ONNX Runtime's quantizer) cannot build this artefact from this model."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}; the other formats and precisions are built separately and may still work")
+        self.reason = reason  # "the converter cannot build it from MODEL (TYPE: first line of its message)"
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,13 @@ class ExportResult:
 
     @property
     def failed(self) -> bool:
+        """The artefact was built and lost more IoU than parity allows."""
         return self.status == "failed"
+
+    @property
+    def not_built(self) -> bool:
+        """A converter could not build it (the reason is in the status); there is no artefact."""
+        return self.status.startswith(NOT_BUILT)
 
 
 def export_checkpoint(
@@ -144,19 +160,28 @@ def export_checkpoint(
             base["calibration"]["prior"] = "the fp32 model's output with an empty prior (a second frame)"
         base["quantization"] = {"method": "post-training"}
 
-    with converter_errors(name, state["model_name"]):
-        if fmt == "tensorrt":
-            built = build_tensorrt(model, size, precision, artefact, samples, checkpoint, output_dir, base)
-            if built is not None:
-                report_path.write_text(json.dumps(built, indent=2) + "\n")
-                return ExportResult(name, None, built, report_path)
-        elif quantization_aware:
-            _, base["quantization"] = export_tflite_int8_qat(
-                model, size, samples, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed,
-                artefact, PriorSimulation(empty_share=state["config"]["prior_empty"]) if model.in_channels == 4 else None,
-            )  # fmt: skip
-        else:
-            build_artefact(model, size, fmt, precision, artefact, samples)
+    try:
+        with converter_errors(name, state["model_name"]):
+            if fmt == "tensorrt":
+                built = build_tensorrt(model, size, precision, artefact, samples, checkpoint, output_dir, base)
+                if built is not None:
+                    report_path.write_text(json.dumps(built, indent=2) + "\n")
+                    return ExportResult(name, None, built, report_path)
+            elif quantization_aware:
+                _, base["quantization"] = export_tflite_int8_qat(
+                    model, size, samples, split_dir, config.qat_epochs, config.qat_lr, config.qat_batch_size, config.seed,
+                    artefact, PriorSimulation(empty_share=state["config"]["prior_empty"]) if model.in_channels == 4 else None,
+                )  # fmt: skip
+            else:
+                build_artefact(model, size, fmt, precision, artefact, samples)
+    except ConversionError as error:
+        # Recorded, not raised: a pipeline builds every format in turn, and one that this model
+        # cannot take must not hide the others. A file left by an earlier run of another
+        # checkpoint would be evaluated as this one's, so it goes.
+        artefact.unlink(missing_ok=True)
+        report = {**base, "status": f"{NOT_BUILT}{error.reason}"}
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        return ExportResult(name, None, report, report_path)
 
     use_threads(config.threads)
     reference = open_runner(checkpoint, config.threads, size=size)
@@ -180,7 +205,7 @@ def export_checkpoint(
 
 @contextlib.contextmanager
 def converter_errors(name: str, model_name: str) -> Iterator[None]:
-    """Turn a converter's own failure (litert-torch, torch.onnx, ONNX Runtime's quantizer) into an `ExportError`.
+    """Turn a converter's own failure (litert-torch, torch.onnx, ONNX Runtime's quantizer) into a `ConversionError`.
 
     The converters raise whatever their passes raise (litert-torch's int8 layout pass an
     AssertionError); the user gets the artefact, the model and the converter's reason instead of
@@ -192,10 +217,7 @@ def converter_errors(name: str, model_name: str) -> Iterator[None]:
         raise
     except Exception as error:  # noqa: BLE001 - a third-party converter's failure, re-raised with context
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ExportError(
-            f"{name}: the converter cannot build it from {model_name} ({type(error).__name__}: {reason}); "
-            "the other formats and precisions are built separately and may still work"
-        ) from error
+        raise ConversionError(name, f"the converter cannot build it from {model_name} ({type(error).__name__}: {reason})") from error
 
 
 def build_artefact(model, size: InputSize, fmt: str, precision: str, artefact: Path, samples) -> None:
@@ -257,6 +279,8 @@ def build_tensorrt(
 def summary_line(result: ExportResult) -> str:
     """One line per artefact for the terminal."""
     report = result.report
+    if result.not_built:
+        return f"{result.name}: {report['status']}; the other formats and precisions are built separately"
     if result.artefact is None:
         return f"{result.name}: {report['status']}; build it with: {report['commands'][0]}"
     latency = f", {report['latency_ms']:.1f} ms" if report.get("latency_ms") is not None else ""
