@@ -27,6 +27,16 @@ from portraitseg.litert import TfliteFileError, open_tflite
 from portraitseg.resize import resize_probability, stretch
 
 
+def input_probability(interpreter, image: np.ndarray) -> np.ndarray:
+    """The file's person probability for one RGB photo, (H, W) at the file's input size: the photo
+    stretched to that input and scaled to [0, 1], as MediaPipe's graph feeds it (module doc)."""
+    details = interpreter.get_input_details()[0]
+    height, width = (int(side) for side in details["shape"][1:3])
+    resized, _ = stretch(image, width, height)
+    interpreter.set_tensor(details["index"], resized[np.newaxis].astype(np.float32) / 255.0)  # (1, H, W, 3)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0, :, :, 0]
+
 
 @register
 class MediaPipeSelfieTeacher(Teacher):
@@ -66,12 +76,7 @@ class MediaPipeSelfieTeacher(Teacher):
 
     def predict_one(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        resized, _ = stretch(image, self.input_shape[2], self.input_shape[1])
-        tensor = resized[np.newaxis].astype(np.float32) / 255.0  # (1, H, W, 3) in [0, 1]
-        self.interpreter.set_tensor(self.input["index"], tensor)
-        self.interpreter.invoke()
-        probability = self.interpreter.get_tensor(self.output["index"])[0, :, :, 0]  # (H, W)
-        return resize_probability(probability, height, width)
+        return resize_probability(input_probability(self.interpreter, image), height, width)
 
 
 @register

@@ -16,12 +16,12 @@ from click.testing import CliRunner
 
 from conftest import make_photo, write_image
 from teacher_samples import astronaut, cached_model
+from portraitseg.teachers.mediapipe_selfie import input_probability
 from trainer.checkpoint import load_init_weights
 from trainer.cli import main
 from trainer.models import create_model
 from trainer.models.selfie_import import (
     NotSelfieFileError,
-    file_probabilities,
     import_selfie_segmenter,
     model_probabilities,
 )
@@ -105,7 +105,7 @@ def test_import_reproduces_the_model_file(tmp_path, teacher, size):
 
     interpreter = open_tflite(tflite, threads=1)
     image = astronaut()  # RGB
-    reference = file_probabilities(interpreter, image, size)
+    reference = input_probability(interpreter, image)
     ours = model_probabilities(model, image, size, normalised=True)
     assert ours.shape == reference.shape == size
     assert 0.2 < (reference > 0.5).mean() < 0.8  # a person, not an empty mask

@@ -33,7 +33,8 @@ from torch import nn
 
 from portraitseg.litert import TfliteFileError, open_tflite
 from portraitseg.resize import stretch
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD
+from portraitseg.teachers.mediapipe_selfie import input_probability
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD, build_photometric
 from trainer.models import create_model
 from trainer.models.encoder_import import EncoderImportError, calibration_images
 
@@ -99,21 +100,13 @@ def layers_in_execution_order(model: nn.Module, size: tuple[int, int]) -> list[n
     return order
 
 
-def file_probabilities(interpreter, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The file's person probability for one RGB photo, stretched to its input as MediaPipe does."""
-    pixels = stretch(image, size[1], size[0])[0][np.newaxis].astype(np.float32) / 255.0
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0, :, :, 0]
-
-
 def model_probabilities(model: nn.Module, image: np.ndarray, size: tuple[int, int], normalised: bool) -> np.ndarray:
-    """The model's person probability for one RGB photo: [0, 1] input before folding, ImageNet-normalised after."""
-    pixels = torch.from_numpy(stretch(image, size[1], size[0])[0].astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-    if normalised:
-        pixels = (pixels - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    """The model's person probability for one RGB photo stretched to `size` as MediaPipe stretches it:
+    [0, 1] input before folding (as the file reads it), the trainer's ImageNet normalisation after."""
+    resized = stretch(image, size[1], size[0])[0]
+    pixels = build_photometric(augment=False)(image=resized)["image"] if normalised else resized.astype(np.float32) / 255.0
     with torch.no_grad():
-        return torch.sigmoid(model.eval()(pixels))[0, 0].numpy()
+        return torch.sigmoid(model.eval()(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]))[0, 0].numpy()
 
 
 def fold_input_scaling(stem: nn.Conv2d) -> None:
@@ -153,7 +146,7 @@ def import_selfie_segmenter(tflite_path: Path, images_dir: Path, output: Path) -
         layer.bias.data.copy_(bias)
 
     paths, images, skipped = calibration_images(Path(images_dir), CHECK_IMAGES)
-    references = [file_probabilities(interpreter, image, size) for image in images]
+    references = [input_probability(interpreter, image) for image in images]
     difference = max(
         float(np.abs(model_probabilities(model, image, size, normalised=False) - reference).max())
         for image, reference in zip(images, references)
