@@ -18,7 +18,6 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -26,7 +25,7 @@ from torch import nn
 from portraitseg.imagefiles import IMAGE_SUFFIXES, read_rgb
 from portraitseg.progress import progress
 from portraitseg.records import read_split, resolve
-from portraitseg.resize import InputSize, as_input_size
+from portraitseg.resize import InputSize, as_input_size, resize_image
 
 SAMPLES_FILE = "samples.npy"
 INFO_FILE = "calibration.json"
@@ -45,13 +44,6 @@ class CalibrationInfo:
     ids: list[str]
 
 
-def resize_image(image: np.ndarray, size: InputSize) -> np.ndarray:
-    """A photo -> the (height, width) `size` as `trainer.data` resizes: area when shrinking, bilinear when enlarging."""
-    height, width = size
-    shrinking = image.shape[0] * image.shape[1] > height * width
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
 def draw_train_samples(split_dir: Path, count: int, size: InputSize, seed: int) -> tuple[np.ndarray, list[str]]:
     """`count` seeded train images of `split_dir` at (height, width) `size`: ((N, H, W, 3) uint8, ids)."""
     try:
@@ -62,7 +54,9 @@ def draw_train_samples(split_dir: Path, count: int, size: InputSize, seed: int) 
     chosen = [rows[index] for index in sorted(order)]
     if not chosen:
         raise CalibrationError(f"calibration set from {split_dir} is empty (count {count}); ask for at least one image")
-    images = [resize_image(read_rgb(resolve(split_dir, row)), size) for row in progress(chosen, desc="calibration")]
+    # Resized as every runtime's input is (portraitseg.resize, through the predictors and the
+    # parity check), so int8 ranges are set on the pixels the artefact will be fed.
+    images = [resize_image(read_rgb(resolve(split_dir, row)), size[1], size[0]) for row in progress(chosen, desc="calibration")]
     return np.stack(images), [str(row.get("id", index)) for index, row in enumerate(chosen)]
 
 
@@ -110,7 +104,7 @@ def load_calibration(source: Path, size: "InputSize | int", count: int = 64, see
             f"calibration set {source} is empty: no samples.npy, train.jsonl or images; "
             "write one with `trainer calibration-set --split-dir SPLIT --output DIR`"
         )
-    return np.stack([image if image.shape[:2] == size else resize_image(image, size) for image in images])
+    return np.stack([resize_image(image, size[1], size[0]) for image in images])  # the same array when already at size
 
 
 def with_second_frame_priors(model: nn.Module, samples: np.ndarray) -> np.ndarray:
