@@ -236,7 +236,7 @@ def open_teacher(spec: str, threads: int, model_cache: Path | None, reference: b
     on = f"a photo at its {format_input_size(size)} input" if size else "the first photo at its own size (resizes included)"
     return Candidate(
         model=spec,
-        backend="litert-fp32" if spec in ("mediapipe-selfie", "mediapipe-selfie-landscape") else "teacher",
+        backend=teacher.backend,
         path=Path(model_file) if model_file else Path(spec),
         predictor=teacher,
         reference=reference,

@@ -29,6 +29,9 @@ class Teacher(ABC):
     """A person-segmentation model behind the common contract."""
 
     name: ClassVar[str]  # registry name, e.g. "mediapipe-selfie"
+    # The runtime label a leaderboard row gets: a teacher that is one model file run as a student's
+    # export runs (MediaPipe's LiteRT file) says so, so it lines up with the students' backends.
+    backend: ClassVar[str] = "teacher"
     # (spec, options) of `create_teacher`, which sets it: a teacher pickles as how to build it, so a
     # worker that unpickles one (a Ray actor of `datatool pseudolabel --engine ray`) loads its own model.
     recipe: tuple[str, dict[str, Any]] | None = None

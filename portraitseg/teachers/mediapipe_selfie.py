@@ -42,6 +42,7 @@ def input_probability(interpreter, image: np.ndarray) -> np.ndarray:
 class MediaPipeSelfieTeacher(Teacher):
     name = "mediapipe-selfie"
     model_name = "mediapipe-selfie"  # its portraitseg.teacher_files registry entry
+    backend = "litert-fp32"
     input_shape = (1, 256, 256, 3)
 
     def __init__(self, model_file: Path, threads: int | None = None):

@@ -283,6 +283,7 @@ def test_mediapipe_reference_is_evaluated_beside_the_students(tmp_path, split_di
     reference = next(row for row in result.rows if row["reference"])
     teacher = next(row for row in result.rows if row["teacher"] and not row["reference"])
     assert teacher["model"] == "mediapipe-selfie+mediapipe-selfie" and teacher["iou"] == pytest.approx(reference["iou"])
+    assert teacher["backend"] == "teacher"  # an ensemble is no single runtime; its member's file is LiteRT
     assert (reference["model"], reference["backend"], reference["input_size"]) == ("mediapipe-selfie", "litert-fp32", [256, 256])
     assert 0.0 <= reference["iou"] <= 1.0 and reference["latency_ms"] > 0 and reference["latency_ratio"] == 1.0
     assert result.speed["student"] == "tiny/pytorch-fp32"
