@@ -101,6 +101,17 @@ def quick_params(tmp_path: Path, **changes) -> Path:
     return path
 
 
+def evaluate_command(models_dir: Path, split_dir: Path, output: Path, params: Path):
+    """`trainer evaluate --models-dir` on one thread, which must succeed; the CLI's result."""
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--models-dir", str(models_dir), "--split-dir", str(split_dir), "--output", str(output),
+         "--params", str(params), "--threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result
+
+
 # --- metrics on hand-made cases --------------------------------------------------------------
 
 
@@ -249,12 +260,7 @@ def test_discovery_follows_the_models_layout(models_dir):
 
 def test_evaluate_command_writes_every_report(tmp_path, split_dir, models_dir):
     output = tmp_path / "reports"
-    result = CliRunner().invoke(
-        main,
-        ["evaluate", "--models-dir", str(models_dir), "--split-dir", str(split_dir), "--output", str(output),
-         "--params", str(quick_params(tmp_path)), "--threads", "1"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    result = evaluate_command(models_dir, split_dir, output, quick_params(tmp_path))
     metrics = json.loads((output / "metrics.json").read_text())
     pytorch, onnx = metrics["tiny"]["pytorch-fp32"], metrics["tiny"]["onnxruntime-fp32"]
     assert pytorch["iou"] > 0.3 and abs(pytorch["iou"] - onnx["iou"]) < 1e-3
@@ -351,12 +357,8 @@ def test_exports_that_were_not_built_are_listed_under_not_evaluated(tmp_path, sp
     assert unbuilt_artefacts([models / "tiny"]) == [f"{export / 'tflite-int8.json'}: {not_built}"]
 
     output = tmp_path / "reports"
-    result = CliRunner().invoke(
-        main,
-        ["evaluate", "--models-dir", str(models), "--split-dir", str(split_dir), "--output", str(output),
-         "--params", str(quick_params(tmp_path)), "--threads", "1"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    result = evaluate_command(models, split_dir, output, quick_params(tmp_path))
+    assert "Not evaluated:" in result.output  # the leaderboard is printed too
     leaderboard = (output / "leaderboard.md").read_text()
     assert f"Not evaluated:\n\n- {export / 'tflite-int8.json'}: {not_built}\n" in leaderboard
     assert "| tiny | onnxruntime-fp32 |" in leaderboard
