@@ -326,7 +326,7 @@ def evaluate(
     """Quality and batch-1 CPU latency of every model x backend beside the MediaPipe reference."""
     from portraitseg.params import ConfigError, load_section
     from trainer.evaluate import (
-        EXPORT_DIR, EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts, unbuilt_artefacts,
+        EvaluateConfig, EvaluationError, discover_artefacts, evaluate, expand_artefacts, unbuilt_artefacts,
     )  # fmt: skip
     from trainer.evaluation_report import write_reports
 
@@ -337,7 +337,7 @@ def evaluate(
         raise click.UsageError(str(error)) from error
     try:
         paths = expand_artefacts(artefacts) + (discover_artefacts(models_dir) if models_dir else [])
-        folders = [*artefacts, *(sorted(models_dir.glob(f"*/{EXPORT_DIR}")) if models_dir else [])]
+        folders = [*artefacts, *(sorted(models_dir.glob("*")) if models_dir else [])]  # each looked into with its export/
         result = evaluate(
             list(dict.fromkeys(paths)), split_dir, config, model_cache=model_cache, not_built=unbuilt_artefacts(folders)
         )
