@@ -100,19 +100,22 @@ def discover_artefacts(models_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def model_folders(folder: Path) -> list[Path]:
+    """Where a model folder's files are: the folder, then its export folder when it has one."""
+    return [folder, folder / EXPORT_DIR] if (folder / EXPORT_DIR).is_dir() else [folder]
+
+
 def expand_artefacts(paths: Sequence[Path]) -> list[Path]:
     """Files as given; a folder contributes its artefact files (`best.pt` only among checkpoints)."""
     artefacts = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = [
+            artefacts += [
                 file
-                for file in sorted(path.iterdir())
+                for folder in model_folders(path)
+                for file in sorted(folder.iterdir())
                 if file.suffix in ARTEFACT_SUFFIXES and (file.suffix != ".pt" or file.name == CHECKPOINT_NAME)
             ]
-            if (path / EXPORT_DIR).is_dir():
-                inside += expand_artefacts([path / EXPORT_DIR])
-            artefacts += inside
         elif path.is_file():
             artefacts.append(path)
         else:
@@ -127,10 +130,9 @@ def unbuilt_artefacts(paths: Sequence[Path]) -> list[str]:
     under "Not evaluated" so that a format missing from it is explained, not silently absent.
     """
     lines = []
-    for folder in (Path(path) for path in paths):
-        if not folder.is_dir():
-            continue
-        for report_path in sorted(folder.glob("*.json")) + sorted(folder.glob(f"{EXPORT_DIR}/*.json")):
+    folders = [folder for path in paths if Path(path).is_dir() for folder in model_folders(Path(path))]
+    for folder in folders:
+        for report_path in sorted(folder.glob("*.json")):
             try:
                 report = json.loads(report_path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):

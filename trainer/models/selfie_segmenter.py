@@ -107,8 +107,8 @@ class SubpixelHead(nn.Module):
     With kernel = stride = 2 each input pixel writes its own 2 x 2 output block, so the two forms
     are one function: channel 2 i + j of the 1 x 1 convolution is tap (i, j) of the transposed
     kernel (`trainer.models.selfie_import` maps one onto the other). LiteRT converts
-    ConvTranspose2d to TRANSPOSE_CONV, which made the whole network 1.20x MediaPipe's own file at
-    256 x 256; in this form it ran at 0.88x (same outputs, one A/B run, fp16, 2 threads; README).
+    ConvTranspose2d to TRANSPOSE_CONV, which made the whole network slower than MediaPipe's own
+    file at 256 x 256; in this form it is faster (the A/B numbers: README "Where the time goes").
     """
 
     def __init__(self, in_channels: int, out_channels: int = 1):
