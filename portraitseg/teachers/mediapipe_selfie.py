@@ -27,15 +27,19 @@ from portraitseg.litert import TfliteFileError, open_tflite
 from portraitseg.resize import resize_probability, stretch
 
 
-def input_probability(interpreter, image: np.ndarray) -> np.ndarray:
+def input_probability(
+    interpreter, image: np.ndarray, input_detail: dict | None = None, output_detail: dict | None = None
+) -> np.ndarray:
     """The file's person probability for one RGB photo, (H, W) at the file's input size: the photo
-    stretched to that input and scaled to [0, 1], as MediaPipe's graph feeds it (module doc)."""
-    details = interpreter.get_input_details()[0]
-    height, width = (int(side) for side in details["shape"][1:3])
+    stretched to that input and scaled to [0, 1], as MediaPipe's graph feeds it (module doc).
+    A caller that runs many photos passes the interpreter's input and output details, read once."""
+    input_detail = input_detail or interpreter.get_input_details()[0]
+    output_detail = output_detail or interpreter.get_output_details()[0]
+    height, width = (int(side) for side in input_detail["shape"][1:3])
     resized, _ = stretch(image, width, height)
-    interpreter.set_tensor(details["index"], resized[np.newaxis].astype(np.float32) / 255.0)  # (1, H, W, 3)
+    interpreter.set_tensor(input_detail["index"], resized[np.newaxis].astype(np.float32) / 255.0)  # (1, H, W, 3)
     interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0, :, :, 0]
+    return interpreter.get_tensor(output_detail["index"])[0, :, :, 0]
 
 
 @register
@@ -77,7 +81,7 @@ class MediaPipeSelfieTeacher(Teacher):
 
     def predict_one(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        return resize_probability(input_probability(self.interpreter, image), height, width)
+        return resize_probability(input_probability(self.interpreter, image, self.input, self.output), height, width)
 
 
 @register
