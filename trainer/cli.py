@@ -216,9 +216,8 @@ def import_encoder(tflite_name: str, images_dir: Path, output: Path, teacher_fil
         click.echo(
             f"MediaPipe selfie segmenter {summary['source']} ({height}x{width}): {summary['convolutions']} convolutions "
             f"-> {summary['tensors']} tensors of {summary['model']}; probabilities vs the TFLite interpreter differ by at "
-            f"most {summary['check_max_difference']:.1e} on {summary['check_images']} photos; after folding the input "
-            f"scaling into the stem, {100 * summary['folded_mask_agreement']:.2f} % of mask pixels agree; "
-            f"{summary['seconds']:.1f} s -> {output}"
+            f"most {summary['check_max_difference']:.1e} on {summary['check_images']} photos (the input scaling folded into "
+            f"the stem); {summary['seconds']:.1f} s -> {output}"
         )
     else:
         try:

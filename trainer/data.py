@@ -59,6 +59,17 @@ from portraitseg.resize import InputSize, as_input_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_normalisation(channels: int = 3) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each (1, channels, 1, 1): `pixels * scale + shift` is the normalisation the
+    trainer gives 0..255 RGB, (x / 255 - mean) / std. A fourth channel (a prior student's previous
+    mask, given 0..255 like the image) has mean 0 and std 1: it is scaled by 1 / 255 only.
+    `shift` is then also what a black pixel becomes."""
+    extra = channels - 3
+    mean = torch.tensor([*IMAGENET_MEAN, *[0.0] * extra]).view(1, channels, 1, 1)
+    std = torch.tensor([*IMAGENET_STD, *[1.0] * extra]).view(1, channels, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
 SOFT_MASK_KINDS = ("alpha", "soft")  # mask_kind values resized bilinearly; "binary" uses nearest
 
 

@@ -13,9 +13,14 @@ input quantization (scale 1 over 0..255) stays exact for all four channels.
 
 Why inside the graph: every runtime then takes the same input (the resized photo as it comes
 from the decoder, just cast to float) and gives the same output, so runners stay a few lines and
-cannot disagree on preprocessing; the normalisation is a per-channel multiply-add that costs
-nothing next to the first convolution; int8 input quantization of 0..255 values is exact
-(scale 1); and LiteRT's layout pass cancels our NHWC -> NCHW transpose against its own.
+cannot disagree on preprocessing; int8 input quantization of 0..255 values is exact (scale 1);
+and LiteRT's layout pass cancels our NHWC -> NCHW transpose against its own.
+
+The normalisation is a per-channel multiply-add over the whole input. XNNPACK runs it slowly (a
+3-channel broadcast): in `selfie_segmenter` at 224 x 224 it took a fifth of the network's LiteRT
+time. So when the model's stem can take it (`fold_normalisation`: a stem that pads with black,
+whose weights then absorb scale and shift exactly), the graph folds it there and has no
+multiply-add at all; other students keep it.
 """
 
 import copy
@@ -24,8 +29,8 @@ import torch
 from torch import nn
 
 from portraitseg.resize import InputSize, as_input_size
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD
-from trainer.models.base import fuse_conv_batch_norm
+from trainer.data import input_normalisation
+from trainer.models.base import fuse_conv_batch_norm, input_convolutions
 
 
 class InferenceGraph(nn.Module):
@@ -33,18 +38,27 @@ class InferenceGraph(nn.Module):
         super().__init__()
         self.model = model
         self.in_channels = int(getattr(model, "in_channels", 3))
-        # A prior channel (the 4th) has mean 0 and std 1: scaled by 1 / 255 only.
-        prior_channels = self.in_channels - 3
-        std = torch.tensor([*IMAGENET_STD, *[1.0] * prior_channels]).view(1, self.in_channels, 1, 1)
-        mean = torch.tensor([*IMAGENET_MEAN, *[0.0] * prior_channels]).view(1, self.in_channels, 1, 1)
-        # (x / 255 - mean) / std  ==  x * scale + shift
-        self.register_buffer("scale", 1.0 / (255.0 * std))
-        self.register_buffer("shift", -mean / std)
+        scale, shift = input_normalisation(self.in_channels)  # (x / 255 - mean) / std  ==  x * scale + shift
+        stems = input_convolutions(model)
+        self.normalises = not (len(stems) == 1 and hasattr(stems[0], "fold_normalisation"))
+        if not self.normalises:
+            replace_module(model, stems[0], stems[0].fold_normalisation(scale, shift))
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2) * self.scale + self.shift  # (N, C, H, W) normalised
+        x = images.permute(0, 3, 1, 2)  # (N, C, H, W)
+        if self.normalises:
+            x = x * self.scale + self.shift
         logits = self.model(x)  # (N, 1, H, W)
         return torch.sigmoid(logits)[:, 0]  # (N, H, W)
+
+
+def replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put `new` where `old` sits in `model` (in place)."""
+    name = next(name for name, module in model.named_modules() if module is old)
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent), attribute, new)
 
 
 def build_inference_graph(model: nn.Module) -> InferenceGraph:

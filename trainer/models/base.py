@@ -110,17 +110,12 @@ class StagedEncoder(nn.Module):
         return features
 
 
-def add_prior_channel(model: SegmentationModel) -> SegmentationModel:
-    """Widen `model`'s stem to a fourth input channel, the previous frame's mask; returns `model`.
-
-    The stem is the one convolution that consumes the input itself, found with a dry forward
-    (module order alone would not say which convolution that is). It keeps its RGB weights and
-    the prior's weights start at zero, so the widened model computes exactly what the RGB model
-    does at step 0 (a pretrained start stays pretrained) and training decides how much to trust
-    the prior. A second dry forward checks that the model now takes (N, 4, H, W).
-    """
-    probe_side = max(64, 2 * model.output_stride)
-    probe = torch.zeros(1, 3, probe_side, probe_side)
+def input_convolutions(model: nn.Module) -> list[nn.Conv2d]:
+    """The convolutions that read `model`'s input tensor itself, found with a dry forward (module
+    order alone would not say which they are); one, the stem, for every model here."""
+    channels = int(getattr(model, "in_channels", 3))
+    probe_side = max(64, 2 * int(getattr(model, "output_stride", 32)))
+    probe = torch.zeros(1, channels, probe_side, probe_side)
     stems: list[nn.Conv2d] = []
 
     def record_stem(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -135,6 +130,19 @@ def add_prior_channel(model: SegmentationModel) -> SegmentationModel:
     finally:
         for hook in hooks:
             hook.remove()
+        model.train(was_training)
+    return stems
+
+
+def add_prior_channel(model: SegmentationModel) -> SegmentationModel:
+    """Widen `model`'s stem to a fourth input channel, the previous frame's mask; returns `model`.
+
+    The stem is the one convolution that reads the input itself (`input_convolutions`). It keeps
+    its RGB weights and the prior's weights start at zero, so the widened model computes exactly
+    what the RGB model does at step 0 (a pretrained start stays pretrained) and training decides
+    how much to trust the prior. A second dry forward checks that the model now takes (N, 4, H, W).
+    """
+    stems = input_convolutions(model)
     if len(stems) != 1 or stems[0].groups != 1:
         raise ValueError(f"cannot add a prior channel to {type(model).__name__}: it needs exactly one ordinary "
                          f"convolution that reads the input, found {len(stems)}")  # fmt: skip
@@ -143,8 +151,10 @@ def add_prior_channel(model: SegmentationModel) -> SegmentationModel:
     stem.weight = nn.Parameter(torch.cat([rgb_weight, torch.zeros_like(rgb_weight[:, :1])], dim=1))  # (C, 4, k, k)
     stem.in_channels = 4
     model.in_channels = 4
+    probe_side = max(64, 2 * model.output_stride)
+    was_training = model.training
     with torch.no_grad():
-        logits = model(torch.zeros(1, 4, probe_side, probe_side))
+        logits = model.eval()(torch.zeros(1, 4, probe_side, probe_side))
     model.train(was_training)
     if logits.shape != (1, 1, probe_side, probe_side):
         raise ValueError(f"{type(model).__name__} with a prior channel gives {tuple(logits.shape)} for a 4-channel input")
