@@ -428,24 +428,25 @@ def predict(
 @setting_option("--count", key="export.calibration_images", type=click.IntRange(min=1), help="Train images to draw.")
 @click.option(
     "--size", type=InputSizeType(min_side=1),
-    help="Model input: S or HxW px (e.g. 144x256).  [default: train.size of --params]",
+    help="Model input: S or HxW px (e.g. 144x256).  [default: export.size of --params, else train.size]",
 )  # fmt: skip
 @setting_option("--seed", key="export.seed", type=int, help="Same seed -> the same images.")
-@params_option("YAML file whose `export:` section sets the count and seed, and `train.size` the size (defaults when absent).")
+@params_option("YAML file whose `export:` section sets the count, seed and size (`train.size` where export.size is 0).")
 def calibration_set(
     split_dir: Path, output: Path, count: int | None, size: tuple[int, int] | None, seed: int | None, params_path: Path | None
 ) -> None:
     """Write the int8 calibration set: COUNT seeded train images at the model's input size (samples.npy + calibration.json)."""
     from portraitseg.params import ConfigError, load_section
-    from portraitseg.resize import format_input_size
+    from portraitseg.resize import as_input_size, format_input_size
     from trainer.config import TrainConfig
     from trainer.export.calibration import CalibrationError, write_calibration_set
     from trainer.export.pipeline import ExportConfig
 
     try:
         config = load_section(params_path, "export", ExportConfig, {"calibration_images": count, "seed": seed})
-        # train.size is a list for a non-square input, which dvc.yaml cannot put into a command: read here.
-        size = size or load_section(params_path, "train", TrainConfig).input_size
+        # The artefacts' size: export.size, else train.size. Either is a list for a non-square input,
+        # which dvc.yaml cannot put into a command: read here.
+        size = as_input_size(size or config.size or load_section(params_path, "train", TrainConfig).size)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     try:
@@ -479,7 +480,10 @@ def calibration_set(
     help="Exit 0 when the converter cannot build this format from this model; the reason stays in its .json "
     "(the pipeline builds every format, and one a model cannot take must not stop the others).",
 )  # fmt: skip
-@click.option("--size", type=InputSizeType(), help="The artefact's input: S or HxW px (e.g. 144x256).  [default: the training size]")
+@click.option(
+    "--size", type=InputSizeType(),
+    help="The artefact's input: S or HxW px (e.g. 144x256).  [default: export.size of --params, else the training size]",
+)  # fmt: skip
 @params_option("YAML file whose `export:` section sets the checks (defaults when the file or section is absent).")
 def export(
     checkpoint: Path,

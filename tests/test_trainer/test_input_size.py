@@ -120,3 +120,28 @@ def test_calibration_set_takes_train_size_from_params(landscape, tmp_path):
     assert result.exit_code == 0 and np.load(tmp_path / "b" / "samples.npy").shape == (3, 16, 32, 3)
     result = CliRunner().invoke(main, ["calibration-set", "--split-dir", str(split_dir), "--output", str(tmp_path / "c"), "--size", "16 by 32"])
     assert result.exit_code == 2 and "is not S or HxW" in result.output
+
+
+def test_export_size_in_params_sets_the_artefacts_input(landscape, tmp_path):
+    # export.size lets a student trained at one size ship at another (the self-distilled preset is
+    # trained at 224 x 224 and exported at 208 x 272); 0 keeps the training size.
+    split_dir, checkpoint = landscape
+    config = ExportConfig(latency_runs=0, validation_images=4, size=[16, 48])
+    result = export_checkpoint(checkpoint, "tflite", "fp32", tmp_path / "a", split_dir, config)
+    assert result.report["input_size"] == [16, 48] and open_runner(result.artefact).input_size == (16, 48)
+    result = export_checkpoint(checkpoint, "onnx", "fp32", tmp_path / "b", split_dir, ExportConfig(latency_runs=0, validation_images=4))
+    assert result.report["input_size"] == list(LANDSCAPE)
+
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  size: [24, 40]\nexport:\n  calibration_images: 3\n  size: [16, 48]\n")
+    result = CliRunner().invoke(main, ["calibration-set", "--split-dir", str(split_dir), "--output", str(tmp_path / "c"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert "3 train images at 16x48" in result.output
+    params.write_text("export:\n  size: [16, 0]\n")
+    result = CliRunner().invoke(main, [
+        "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--split-dir", str(split_dir),
+        "--output", str(tmp_path / "d"), "--params", str(params),
+    ])  # fmt: skip
+    assert result.exit_code == 2 and "export.size" in result.output
+    with pytest.raises(ConfigError, match="export.size"):
+        build_section(ExportConfig, "export", {"size": "wide"}, None)

@@ -16,9 +16,9 @@ from the decoder, just cast to float) and gives the same output, so runners stay
 cannot disagree on preprocessing; int8 input quantization of 0..255 values is exact (scale 1);
 and LiteRT's layout pass cancels our NHWC -> NCHW transpose against its own.
 
-The normalisation is a per-channel multiply-add over the whole input. XNNPACK runs it slowly (a
-3-channel broadcast): in `selfie_segmenter` at 224 x 224 it took a fifth of the network's LiteRT
-time. So when the model's stem can take it (`fold_normalisation`: a stem that pads with black,
+The normalisation is a per-channel multiply-add over the whole input. In LiteRT it is slow: the
+`selfie_segmenter` graph at 224 x 224 runs in 0.76x the time without it (README "Where the time
+goes"). So when the model's stem can take it (`fold_normalisation`: a stem that pads with black,
 whose weights then absorb scale and shift exactly), the graph folds it there and has no
 multiply-add at all; other students keep it.
 """

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from portraitseg.params import ConfigError
 from portraitseg.resize import InputSize, as_input_size
 from trainer.export import tensorrt
 from trainer.data import PriorSimulation
@@ -72,6 +73,17 @@ class ExportConfig:
     qat_epochs: int = 0
     qat_lr: float = 3e-6  # AdamW learning rate of that fine-tune (README "Quantization-aware training": 3e-5 undoes it)
     qat_batch_size: int = 16
+    # The artefacts' input, S or [height, width]; 0 = the training size. The students are fully
+    # convolutional, so one trained at 224 x 224 can run at 208 x 272 (README "Starting from
+    # MediaPipe's own model" has a case where that is better).
+    size: int | list[int] = 0
+
+    def __post_init__(self) -> None:
+        if self.size != 0:
+            try:
+                as_input_size(self.size)
+            except ValueError as error:
+                raise ConfigError(f"export.size: {error}") from None
 
 
 def supported_pairs() -> str:
@@ -118,14 +130,14 @@ def export_checkpoint(
     """Build `fmt`/`precision` from `checkpoint` into `output_dir` and check it on the validation
     photos of `split_dir` (see the module doc); int8 calibrates on `calibration`, else on its train set.
 
-    `size` is the artefact's input size, S or (height, width) (default: the training size; the
-    students are fully convolutional, so e.g. a 160 px student exports at 256 to run where a 256 px
-    model does, or at 144 x 256 to take landscape frames).
+    `size` is the artefact's input size, S or (height, width) (default: `config.size`, and where
+    that is 0 the training size; the students are fully convolutional, so e.g. a 160 px student
+    exports at 256 to run where a 256 px model does, or at 144 x 256 to take landscape frames).
     """
     check_supported(fmt, precision)
     config = config or ExportConfig()
     model, state = load_model(checkpoint)
-    size = as_input_size(size or state["config"]["size"])
+    size = as_input_size(size or config.size or state["config"]["size"])
     name = f"{fmt}-{precision}"
     output_dir.mkdir(parents=True, exist_ok=True)
     artefact = output_dir / f"{name}{SUFFIX[fmt]}"

@@ -63,8 +63,8 @@ class BlackPaddedStem(SameConv2d):
     Padding with black rather than with 0 (the mean colour, once normalised) makes the
     normalisation fold into this layer's weights exactly: `fold_normalisation` gives the
     convolution that reads 0..255 pixels and pads them with 0, which the inference graph uses
-    instead of a multiply-add over the whole input (a fifth of the network's LiteRT time at
-    224 x 224; README "Where the time goes"). It also makes MediaPipe's imported weights compute
+    instead of a multiply-add over the whole input (the graph then runs in 0.76x the LiteRT time
+    at 224 x 224; README "Where the time goes"). It also makes MediaPipe's imported weights compute
     the file's own probabilities on the trainer's normalised input.
     """
 
