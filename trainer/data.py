@@ -60,6 +60,8 @@ from portraitseg.resize import InputSize, as_input_size
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+SOFT_MASK_KINDS = ("alpha", "soft")  # mask_kind values resized bilinearly; "binary" uses nearest
+
 
 def input_normalisation(channels: int = 3) -> tuple[Tensor, Tensor]:
     """(scale, shift), each (1, channels, 1, 1): `pixels * scale + shift` is the normalisation the
@@ -70,7 +72,6 @@ def input_normalisation(channels: int = 3) -> tuple[Tensor, Tensor]:
     mean = torch.tensor([*IMAGENET_MEAN, *[0.0] * extra]).view(1, channels, 1, 1)
     std = torch.tensor([*IMAGENET_STD, *[1.0] * extra]).view(1, channels, 1, 1)
     return 1.0 / (255.0 * std), -mean / std
-SOFT_MASK_KINDS = ("alpha", "soft")  # mask_kind values resized bilinearly; "binary" uses nearest
 
 
 def build_geometric(size: InputSize, augment: bool, mask_interpolation: int) -> A.Compose:

@@ -35,6 +35,7 @@ from portraitseg.teachers.mediapipe_selfie import input_probability
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, build_photometric
 from trainer.models import create_model
 from trainer.models.encoder_import import EncoderImportError, calibration_images
+from trainer.models.selfie_segmenter import fold_input_affine
 
 MODEL_NAME = "selfie_segmenter"
 TRANSPOSE_OP = "Convolution2DTransposeBias"  # MediaPipe's custom op: the file's last convolution
@@ -109,10 +110,7 @@ def model_probabilities(model: nn.Module, image: np.ndarray, size: tuple[int, in
 
 def fold_input_scaling(stem: nn.Conv2d) -> None:
     """Make a stem that reads RGB in [0, 1] read ImageNet-normalised RGB: x01 = std * x + mean, folded into W and b."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    stem.bias.data += (stem.weight.data * mean).sum(dim=(1, 2, 3))
-    stem.weight.data *= std
+    fold_input_affine(stem, torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN))
 
 
 def import_selfie_segmenter(tflite_path: Path, images_dir: Path, output: Path) -> dict[str, Any]:

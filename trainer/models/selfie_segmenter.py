@@ -76,10 +76,17 @@ class BlackPaddedStem(SameConv2d):
     def fold_normalisation(self, scale: torch.Tensor, shift: torch.Tensor) -> SameConv2d:
         """The SAME convolution of `pixels` (zero-padded) equal to this one of `pixels * scale + shift`."""
         folded = SameConv2d(self.in_channels, self.out_channels, self.kernel_size[0], self.stride[0], self.groups)
-        with torch.no_grad():
-            folded.weight.copy_(self.weight * scale.view(1, -1, 1, 1))
-            folded.bias.copy_(self.bias + (self.weight * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3)))
+        folded.load_state_dict(self.state_dict())
+        fold_input_affine(folded, scale, shift)
         return folded
+
+
+def fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """In place: `conv` of x becomes what it was of `x * scale + shift` (per input channel). Exact
+    where the window sees no padding; at the border only if the padding changes with it (black)."""
+    with torch.no_grad():
+        conv.bias += (conv.weight * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+        conv.weight *= scale.view(1, -1, 1, 1)
 
 
 class SqueezeExcite(nn.Module):
