@@ -437,7 +437,7 @@ def calibration_set(
 ) -> None:
     """Write the int8 calibration set: COUNT seeded train images at the model's input size (samples.npy + calibration.json)."""
     from portraitseg.params import ConfigError, load_section
-    from portraitseg.resize import as_input_size, format_input_size
+    from portraitseg.resize import format_input_size
     from trainer.config import TrainConfig
     from trainer.export.calibration import CalibrationError, write_calibration_set
     from trainer.export.pipeline import ExportConfig
@@ -446,7 +446,7 @@ def calibration_set(
         config = load_section(params_path, "export", ExportConfig, {"calibration_images": count, "seed": seed})
         # The artefacts' size: export.size, else train.size. Either is a list for a non-square input,
         # which dvc.yaml cannot put into a command: read here.
-        size = as_input_size(size or config.size or load_section(params_path, "train", TrainConfig).size)
+        size = size or config.input_size(load_section(params_path, "train", TrainConfig).size)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     try:

@@ -41,10 +41,11 @@ class InferenceGraph(nn.Module):
         scale, shift = input_normalisation(self.in_channels)  # (x / 255 - mean) / std  ==  x * scale + shift
         stems = input_convolutions(model)
         self.normalises = not (len(stems) == 1 and hasattr(stems[0], "fold_normalisation"))
-        if not self.normalises:
+        if self.normalises:
+            self.register_buffer("scale", scale)
+            self.register_buffer("shift", shift)
+        else:
             replace_module(model, stems[0], stems[0].fold_normalisation(scale, shift))
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2)  # (N, C, H, W)

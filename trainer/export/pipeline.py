@@ -85,6 +85,10 @@ class ExportConfig:
             except ValueError as error:
                 raise ConfigError(f"export.size: {error}") from None
 
+    def input_size(self, training_size: "InputSize | int | list[int]") -> InputSize:
+        """The artefacts' (height, width): `size`, or `training_size` where `size` is 0."""
+        return as_input_size(self.size or training_size)
+
 
 def supported_pairs() -> str:
     return ", ".join(f"{fmt} {precision}" for fmt, precisions in SUPPORTED.items() for precision in precisions)
@@ -137,7 +141,7 @@ def export_checkpoint(
     check_supported(fmt, precision)
     config = config or ExportConfig()
     model, state = load_model(checkpoint)
-    size = as_input_size(size or config.size or state["config"]["size"])
+    size = as_input_size(size) if size else config.input_size(state["config"]["size"])
     name = f"{fmt}-{precision}"
     output_dir.mkdir(parents=True, exist_ok=True)
     artefact = output_dir / f"{name}{SUFFIX[fmt]}"

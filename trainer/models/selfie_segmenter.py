@@ -20,6 +20,8 @@ Stride-2 convolutions pad the way TensorFlow's SAME does (nothing before, the re
 sides), so the imported weights see the pixels they were trained on.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,7 +71,7 @@ class BlackPaddedStem(SameConv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        black = input_normalisation(self.in_channels)[1].to(x)
+        black = normalised_black(self.in_channels).to(x)
         padded = F.pad(x - black, self.same_padding(x)) + black
         return F.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
@@ -79,6 +81,12 @@ class BlackPaddedStem(SameConv2d):
         folded.load_state_dict(self.state_dict())
         fold_input_affine(folded, scale, shift)
         return folded
+
+
+@functools.cache
+def normalised_black(channels: int) -> torch.Tensor:
+    """(1, channels, 1, 1): a 0 pixel after the trainer's normalisation (shared; read only)."""
+    return input_normalisation(channels)[1]
 
 
 def fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
